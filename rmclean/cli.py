@@ -1,0 +1,237 @@
+"""``rmclean`` command line: a thin layer over the library API.
+
+Every command that reads a SOURCE takes the same options as :func:`rmclean.load_pairs`
+(``--subset``, ``--split``, ``--data-dir``, ``--limit``, ``--on-error`` and the key
+mapping). Commands that are not built yet say so and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from typing import Any, Sequence
+
+from . import __version__
+from .describe import TEXT_FIELDS, describe_pairs
+from .pairs import PairFormatError, load_pairs
+from .sources import NAMED_SOURCES, SourceNotFoundError
+
+EXIT_ERROR = 1
+
+#: Commands of the full product that are not built yet, and the issue that builds them.
+PLANNED: dict[str, int | None] = {
+    "score": 3,
+    "audit": 3,
+    "denoise": 4,
+    "train-rm": 5,
+    "compare": 5,
+    "check": 6,
+    "ppo": None,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help(sys.stderr)
+        return EXIT_ERROR
+    try:
+        return args.run(args)
+    except (PairFormatError, SourceNotFoundError, ValueError, TypeError) as exc:
+        print(f"rmclean: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:  # `rmclean ... | head`
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rmclean",
+        description="Find and fix noisy labels in reward-model preference data.",
+    )
+    parser.add_argument("--version", action="version", version=f"rmclean {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    source_options = _source_options()
+
+    data = commands.add_parser("data", help="look at preference data")
+    data_commands = data.add_subparsers(title="data commands", metavar="COMMAND")
+    inspect = data_commands.add_parser(
+        "inspect",
+        parents=[source_options],
+        help="counts, flags, length percentiles and examples of a SOURCE",
+        description="Load SOURCE as canonical pairs and summarise it.",
+    )
+    inspect.add_argument("source", metavar="SOURCE", help=_SOURCE_HELP)
+    inspect.add_argument("--examples", type=int, default=3, help="how many example pairs to show (default 3)")
+    inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
+    inspect.set_defaults(run=_run_inspect)
+
+    score = commands.add_parser("score", parents=[source_options], help="preference strength of every pair (planned)")
+    score.add_argument("source", metavar="SOURCE", help=_SOURCE_HELP)
+    score.add_argument("--members", type=int, default=10, help="ensemble members (paper: 10)")
+    score.add_argument("--folds", type=int, default=5, help="cross-fitting folds; 1 = in-sample as in the paper")
+    score.add_argument("--backbone", default="minilm")
+    score.add_argument("--head", choices=("linear", "mlp"), default="linear")
+    score.add_argument("--max-length", type=int, default=256)
+    score.add_argument("--out", metavar="DIR")
+
+    audit = commands.add_parser("audit", parents=[source_options], help="detection audit on planted flips (planned)")
+    audit.add_argument("source", metavar="SOURCE", help=_SOURCE_HELP)
+    audit.add_argument("--inject", default="0.1,0.2,0.3", help="flip rates to plant")
+    audit.add_argument("--out", metavar="DIR")
+
+    denoise = commands.add_parser("denoise", help="apply a denoising method to scored pairs (planned)")
+    denoise.add_argument("scores", metavar="SCORES_DIR")
+    denoise.add_argument("--method", default="flip")
+    denoise.add_argument("--select", default="fraction:0.1")
+    denoise.add_argument("--format", choices=("canonical", "trl", "openrlhf", "moss"), default="canonical")
+    denoise.add_argument("--out", metavar="DIR")
+
+    check = commands.add_parser("check", help="check labels against an LLM judge (planned)")
+    check.add_argument("scores", metavar="SCORES_DIR")
+    check.add_argument("--model", default="gpt-4o")
+    check.add_argument("--base-url")
+    check.add_argument("--max-requests", type=int)
+    check.add_argument("--out", metavar="DIR")
+
+    train = commands.add_parser("train-rm", parents=[source_options], help="train a reward model (planned)")
+    train.add_argument("data", metavar="DATA", help="a denoise output folder or any SOURCE")
+    train.add_argument("--loss", choices=("bt", "margin", "soft-label", "soft-label+margin"), default="bt")
+    train.add_argument("--eval", action="append", metavar="NAME=PATH", default=[])
+    train.add_argument("--out", metavar="DIR")
+
+    ppo = commands.add_parser("ppo", help="PPO a policy against a reward model (planned)")
+    ppo.add_argument("--reward-model", metavar="DIR")
+    ppo.add_argument("--policy", default="smollm2")
+    ppo.add_argument("--out", metavar="DIR")
+
+    compare = commands.add_parser("compare", help="compare denoisers end to end (planned)")
+    compare.add_argument("config", metavar="CONFIG")
+
+    for name, issue in PLANNED.items():
+        commands.choices[name].set_defaults(run=_not_built(name, issue))
+    return parser
+
+
+_SOURCE_HELP = (
+    f"a dataset name ({', '.join(NAMED_SOURCES)}), a file (.jsonl, .jsonl.gz, .json, .parquet, "
+    ".csv, .zip), a folder (data files or a datasets save_to_disk folder) or a Hugging Face Hub id"
+)
+
+
+def _source_options() -> argparse.ArgumentParser:
+    """Options shared by every command that reads a SOURCE (same names as load_pairs)."""
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("source options")
+    group.add_argument(
+        "--subset", action="append", metavar="NAME",
+        help="subset(s) to read; repeat or separate with commas (hh-rlhf default: all four)",
+    )
+    group.add_argument("--split", help="split to read (hh-rlhf default: test)")
+    group.add_argument("--data-dir", metavar="DIR", help="look here first (then $RMCLEAN_DATA_DIR, then the Hub)")
+    group.add_argument("--limit", type=int, metavar="N", help="read at most N rows")
+    group.add_argument(
+        "--on-error", choices=("raise", "skip"), default="raise",
+        help="stop at the first bad row (default), or keep going and report bad rows as invalid",
+    )
+    group.add_argument("--allow-empty", action="store_true", help="keep pairs with an empty response (flagged)")
+    group.add_argument("--prompt-key", metavar="FIELD")
+    group.add_argument("--chosen-key", metavar="FIELD")
+    group.add_argument("--rejected-key", metavar="FIELD")
+    group.add_argument("--label-key", metavar="FIELD", help="label field of two-response judgement files")
+    group.add_argument("--response-keys", metavar="FIRST,SECOND", help="the two response fields of judgement files")
+    group.add_argument("--chat-template", metavar="TOKENIZER", help="render message lists with this tokenizer's template")
+    return options
+
+
+def source_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """``load_pairs`` keyword arguments from the shared source options."""
+    subsets = [part for value in args.subset or [] for part in value.split(",") if part] or None
+    response_keys = tuple(args.response_keys.split(",")) if args.response_keys else None
+    if response_keys is not None and len(response_keys) != 2:
+        raise ValueError("--response-keys takes two field names separated by a comma")
+    keys = {
+        "prompt_key": args.prompt_key,
+        "chosen_key": args.chosen_key,
+        "rejected_key": args.rejected_key,
+        "label_key": args.label_key,
+        "response_keys": response_keys,
+    }
+    return {
+        "subset": subsets,
+        "split": args.split,
+        "data_dir": args.data_dir,
+        "limit": args.limit,
+        "on_error": args.on_error,
+        "allow_empty": args.allow_empty,
+        "chat_template": args.chat_template,
+        **{k: v for k, v in keys.items() if v is not None},
+    }
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    pairs = load_pairs(args.source, **source_arguments(args))
+    summary = {"source": args.source, **describe_pairs(pairs, examples=args.examples)}
+    if args.json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+    else:
+        print(format_summary(summary))
+    return 0
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The human-readable report of ``rmclean data inspect``."""
+    lines = [
+        f"{summary['source']}: {summary['pairs']:,} pairs ({summary['valid']:,} valid, "
+        f"{summary['invalid']:,} invalid) from {len(summary['sources'])} source(s)",
+        "",
+    ]
+    width = max([len(name) for name in summary["sources"]] + [6])
+    lines.append(f"{'source':<{width}}  {'pairs':>7}  flags")
+    for name, entry in summary["sources"].items():
+        flags = ", ".join(f"{flag} {count:,}" for flag, count in entry["flags"].items()) or "-"
+        lines.append(f"{name:<{width}}  {entry['pairs']:>7,}  {flags}")
+    lines += ["", "flags (pairs carrying each; flagged pairs are kept, not dropped)"]
+    lines += [f"  {flag:<22} {count:>7,}" for flag, count in summary["flags"].items()] or ["  none"]
+    for unit in ("characters", "words"):
+        lines += ["", f"length in {unit:<11}" + "".join(f"{p:>9}" for p in ("p5", "p25", "p50", "p75", "p95", "max"))]
+        for field in TEXT_FIELDS:
+            stats = summary["lengths"][field][unit]
+            cells = "".join(f"{stats[p]:>9,.0f}" for p in ("p5", "p25", "p50", "p75", "p95", "max")) if stats else ""
+            lines.append(f"  {field:<20}{cells}")
+    if summary["examples"]:
+        lines += ["", "examples"]
+        for number, example in enumerate(summary["examples"], 1):
+            flags = ", ".join(example["flags"]) or "-"
+            lines.append(f"  [{number}] {example['source']} row {example['row']}  id {example['pair_id']}  flags: {flags}")
+            lines.append(f"      prompt:   {_clip(example['prompt'], tail=True)}")
+            lines.append(f"      chosen:   {_clip(example['chosen'])}")
+            lines.append(f"      rejected: {_clip(example['rejected'])}")
+    if summary["errors"]:
+        lines += ["", f"rejected rows (first {len(summary['errors'])} of {summary['invalid']:,})"]
+        lines += [f"  {textwrap.shorten(error, 200)}" for error in summary["errors"]]
+    return "\n".join(lines)
+
+
+def _clip(text: str, width: int = 160, tail: bool = False) -> str:
+    flat = " ".join(text.split())
+    if len(flat) <= width:
+        return repr(flat)
+    return repr("…" + flat[-width:]) if tail else repr(flat[:width] + "…")
+
+
+def _not_built(name: str, issue: int | None):
+    plan = f"planned in issue #{issue}" if issue else "planned"
+
+    def run(args: argparse.Namespace) -> int:
+        print(f"rmclean {name}: not built yet ({plan}); see 'What works today' in the README", file=sys.stderr)
+        return EXIT_ERROR
+
+    return run
+
+
+if __name__ == "__main__":
+    sys.exit(main())

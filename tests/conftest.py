@@ -1,0 +1,40 @@
+"""Shared test set-up: offline Hugging Face, and the real data folder (or a skip)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# The Hub cannot be reached from our machines: fail fast instead of waiting on timeouts.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """``$RMCLEAN_DATA_DIR`` if set, else ``../shared/data`` next to the project."""
+    configured = os.environ.get("RMCLEAN_DATA_DIR")
+    return Path(configured) if configured else PROJECT_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real data folder; tests that need it skip with the reason when it is absent."""
+    folder = shared_data_dir()
+    if not (folder / "hh-rlhf").is_dir():
+        pytest.skip(
+            f"real data not found at {folder}: set RMCLEAN_DATA_DIR to a folder laid out as in "
+            "data/README.md (hh-rlhf/<subset>/<split>.jsonl.gz, ...)"
+        )
+    return folder
+
+
+@pytest.fixture
+def real_data_env(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """RMCLEAN_DATA_DIR pointing at the real data, for code that reads it from the environment."""
+    monkeypatch.setenv("RMCLEAN_DATA_DIR", str(data_dir))
+    return data_dir
