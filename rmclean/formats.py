@@ -300,19 +300,16 @@ def _judgement_prompt(row: Mapping[str, Any], keys: KeyMap) -> tuple[str, set[st
 
 
 def _parse_label(value: Any, key: str, label_map: Mapping[Any, str] | None, zero_based: bool) -> str:
-    if label_map is not None:
-        for candidate in (value, str(value)):
-            if candidate in label_map:
-                verdict = label_map[candidate]
-                if verdict not in (FIRST, SECOND, TIE):
-                    raise RowError(key, f"label_map must map to 'first', 'second' or 'tie', got {verdict!r}")
-                return verdict
-        raise RowError(key, f"label {value!r} in field '{key}' is not in label_map ({sorted(map(str, label_map))})")
     if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
         raise RowError(key, f"field '{key}' must be a label such as 1/2, 'A'/'B' or 'tie', got {_type_name(value)}")
-    text = str(value).strip().lower()
-    if isinstance(value, float) and value.is_integer():
-        text = str(int(value))
+    text = _label_text(value)
+    if label_map is not None:
+        by_text = {_label_text(k): v for k, v in label_map.items()}
+        if text not in by_text:
+            raise RowError(key, f"label {value!r} in field '{key}' is not in label_map (keys: {list(label_map)})")
+        if by_text[text] not in (FIRST, SECOND, TIE):
+            raise RowError(key, f"label_map must map to 'first', 'second' or 'tie', got {by_text[text]!r}")
+        return by_text[text]
     numeric = LABELS_ZERO_BASED if zero_based else LABELS_ONE_BASED
     verdict = numeric.get(text) or LABEL_WORDS.get(text)
     if verdict is None:
@@ -320,6 +317,13 @@ def _parse_label(value: Any, key: str, label_map: Mapping[Any, str] | None, zero
             key, f"unrecognised label {value!r} in field '{key}'; pass label_map= to say what it means"
         )
     return verdict
+
+
+def _label_text(value: Any) -> str:
+    """A label compared as text: ``1``, ``1.0`` and ``"1"`` are the same label."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip().lower()
 
 
 def _find_response_keys(row: Mapping[str, Any]) -> tuple[str, str] | None:

@@ -177,12 +177,22 @@ def _in_memory(rows: Any, split: str | None) -> _Stream:
     if isinstance(rows, datasets.Dataset):
         return _Stream("<dataset>", iter_rows(rows, "<dataset>"))
     if type(rows).__name__ == "DataFrame" and hasattr(rows, "to_dict"):
-        return _Stream("<dataframe>", iter_rows(rows.to_dict("records"), "<dataframe>"))
+        records = ({k: _none_if_missing(v) for k, v in r.items()} for r in rows.to_dict("records"))
+        return _Stream("<dataframe>", iter_rows(records, "<dataframe>"))
     if isinstance(rows, Iterable) and not isinstance(rows, (bytes, dict)):
         return _Stream("<rows>", iter_rows(rows, "<rows>"))
     raise TypeError(
         f"source must be a dataset name, path, Hub id, Dataset, DataFrame or list of dicts, got {type(rows).__name__}"
     )
+
+
+def _none_if_missing(value: Any) -> Any:
+    """pandas stores a missing cell as NaN / NA / NaT; rows read from files have null."""
+    import pandas
+
+    if isinstance(value, (str, list, dict, tuple)) or hasattr(value, "__len__"):
+        return value
+    return None if pandas.isna(value) else value
 
 
 def _location_stream(location, subsets) -> _Stream:

@@ -70,15 +70,11 @@ def read_file(path: Path, display: str | None = None) -> Iterator[Record]:
     display = display or str(path)
     suffix = suffix_of(path)
     if suffix in (".jsonl.gz", ".json.gz"):
-        yield from _read_gzip_json(path, display)
+        with gzip.open(path, "rb") as handle:
+            yield from _read_json_handle(handle, display)
     elif suffix in (".jsonl", ".json"):
         with open(path, "rb") as handle:
-            head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
-            handle.seek(0)
-            if head.startswith(b"["):
-                yield from _read_json_array(handle.read(), display)
-            else:
-                yield from _read_jsonl_lines(handle, display)
+            yield from _read_json_handle(handle, display)
     elif suffix == ".parquet":
         yield from _read_parquet(path, display)
     elif suffix == ".csv":
@@ -90,13 +86,24 @@ def read_file(path: Path, display: str | None = None) -> Iterator[Record]:
 
 
 def read_json_bytes(raw: bytes, display: str) -> Iterator[Record]:
-    """JSON Lines or a JSON array, decided by the first non-blank character (files named
-    ``.json`` often hold JSON Lines, LLMEval² among them)."""
-    stripped = raw.lstrip(b"\xef\xbb\xbf \t\r\n")
-    if stripped.startswith(b"["):
+    """Records of JSON text held in memory (see :func:`_read_json_handle`)."""
+    yield from _read_json_handle(io.BytesIO(raw), display)
+
+
+def _read_json_handle(handle: Any, display: str) -> Iterator[Record]:
+    """JSON Lines (streamed) or a JSON array, decided by the first non-blank character:
+    files named ``.json`` often hold JSON Lines (LLMEval² among them), and the reverse."""
+    try:
+        head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        handle.seek(0)
+        if head.startswith(b"["):
+            raw = handle.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise ReadError(display, f"the compressed file is cut off or corrupt ({exc}): download it again") from None
+    if head.startswith(b"["):
         yield from _read_json_array(raw, display)
     else:
-        yield from _read_jsonl_lines(io.BytesIO(raw), display)
+        yield from _read_jsonl_lines(handle, display)
 
 
 def iter_rows(rows: Iterable[dict[str, Any]], display: str) -> Iterator[Record]:
@@ -106,11 +113,6 @@ def iter_rows(rows: Iterable[dict[str, Any]], display: str) -> Iterator[Record]:
             yield Record(display, index, data=row)
         else:
             yield Record(display, index, error=f"expected a mapping of fields, got {type(row).__name__}")
-
-
-def _read_gzip_json(path: Path, display: str) -> Iterator[Record]:
-    with gzip.open(path, "rb") as handle:
-        yield from _read_jsonl_lines(handle, display)
 
 
 def _read_jsonl_lines(handle: io.BufferedIOBase | gzip.GzipFile, display: str) -> Iterator[Record]:
@@ -138,6 +140,7 @@ def _read_jsonl_lines(handle: io.BufferedIOBase | gzip.GzipFile, display: str) -
 
 
 def _parse_json_line(raw: bytes, display: str, index: int, line_no: int) -> Record:
+    raw = raw.rstrip(b"\r\n")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -211,16 +214,21 @@ def _read_csv(raw: bytes, display: str) -> Iterator[Record]:
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise ReadError(display, f"invalid UTF-8 ({raw[exc.start:exc.start + 4]!r})", line) from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    start_line = 2  # line 1 is the header
+    reader = csv.reader(io.StringIO(text, newline=""))
     index = 0
     try:
-        for row in reader:
-            if None in row:
-                yield Record(display, index, line=start_line, error="more cells than header columns")
-            else:
-                yield Record(display, index, data=dict(row), line=start_line)
-            index += 1
+        header = next(reader, None)
+        if header is None:
+            return
+        start_line = reader.line_num + 1
+        for cells in reader:
+            if cells:  # csv yields [] for a blank line: skip it, but count it
+                if len(cells) > len(header):
+                    yield Record(display, index, line=start_line, error="more cells than header columns")
+                else:
+                    row = dict(zip(header, cells + [None] * (len(header) - len(cells))))
+                    yield Record(display, index, data=row, line=start_line)
+                index += 1
             start_line = reader.line_num + 1
     except csv.Error as exc:
         yield Record(display, index, line=reader.line_num, error=f"malformed CSV: {exc}")

@@ -38,3 +38,15 @@ def real_data_env(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """RMCLEAN_DATA_DIR pointing at the real data, for code that reads it from the environment."""
     monkeypatch.setenv("RMCLEAN_DATA_DIR", str(data_dir))
     return data_dir
+
+
+@pytest.fixture
+def hermetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No data folder from the environment and no Hub: for tests on synthetic fixtures."""
+    monkeypatch.delenv("RMCLEAN_DATA_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import time; flip the constant it checks.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
