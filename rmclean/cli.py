@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 from . import __version__
 from .describe import TEXT_FIELDS, describe_pairs
+from .audit import AuditConfig, audit, write_audit
+from .audit import to_markdown as audit_markdown
 from .backbones import BackboneError
 from .pairs import PairFormatError, load_pairs
 from .score import ScoreConfig, score, write_report
@@ -25,7 +27,6 @@ EXIT_ERROR = 1
 
 #: Commands of the full product that are not built yet, and the issue that builds them.
 PLANNED: dict[str, int | None] = {
-    "audit": 3,
     "denoise": 4,
     "train-rm": 5,
     "compare": 5,
@@ -71,30 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
     inspect.set_defaults(run=_run_inspect)
 
-    defaults = ScoreConfig()
+    score_options = _score_options()
     score = commands.add_parser(
-        "score", parents=[source_options], help="preference strength of every pair",
+        "score", parents=[source_options, score_options], help="preference strength of every pair",
         description="Train a seeded reward-model ensemble on SOURCE and write each pair's preference strength.",
     )
     score.add_argument("source", metavar="SOURCE", help=_SOURCE_HELP)
-    score.add_argument("--members", type=int, default=defaults.members, help="ensemble members per fold (paper: 10)")
-    score.add_argument("--folds", type=int, default=defaults.folds, help="cross-fitting folds; 1 = in-sample as in the paper")
-    score.add_argument("--backbone", default=defaults.backbone, help="minilm, smollm2, a model folder or a Hub id")
-    score.add_argument("--head", choices=("linear", "mlp"), default=defaults.head)
-    score.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens per text (left-truncated)")
-    score.add_argument("--C", type=float, default=defaults.C, dest="C", help="inverse L2 strength of linear heads")
-    score.add_argument("--no-bootstrap", action="store_true", help="train every member on all its fold's pairs")
-    score.add_argument("--group-by", default=defaults.group_by, help="column whose values get their own members ('none': one pool)")
-    score.add_argument("--seed", type=int, default=defaults.seed)
-    score.add_argument("--cache-dir", metavar="DIR", help="feature cache (default $RMCLEAN_CACHE_DIR or ~/.cache/rmclean)")
     score.add_argument("--out", metavar="DIR", default="scores", help="output folder (default: scores)")
-    score.add_argument("--quiet", action="store_true", help="no progress bars")
     score.set_defaults(run=_run_score)
 
-    audit = commands.add_parser("audit", parents=[source_options], help="detection audit on planted flips (planned)")
+    audit = commands.add_parser(
+        "audit", parents=[source_options, score_options], help="detection audit on planted label flips",
+        description="Flip a known random subset of labels, score the corrupted data and report how well "
+        "each detector finds the flips (AUROC, AUPRC, precision@k).",
+    )
     audit.add_argument("source", metavar="SOURCE", help=_SOURCE_HELP)
-    audit.add_argument("--inject", default="0.1,0.2,0.3", help="flip rates to plant")
-    audit.add_argument("--out", metavar="DIR")
+    audit.add_argument("--inject", default="0.1,0.2,0.3", metavar="RATES", help="flip rates to plant (default 0.1,0.2,0.3)")
+    audit.add_argument("--out", metavar="DIR", default="audit", help="output folder (default: audit)")
+    audit.set_defaults(run=_run_audit)
 
     denoise = commands.add_parser("denoise", help="apply a denoising method to scored pairs (planned)")
     denoise.add_argument("scores", metavar="SCORES_DIR")
@@ -160,6 +155,34 @@ def _source_options() -> argparse.ArgumentParser:
     return options
 
 
+def _score_options() -> argparse.ArgumentParser:
+    """Options that decide the ensemble (same names as ScoreConfig)."""
+    defaults = ScoreConfig()
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("ensemble options")
+    group.add_argument("--members", type=int, default=defaults.members, help="ensemble members per fold (paper: 10)")
+    group.add_argument("--folds", type=int, default=defaults.folds, help="cross-fitting folds; 1 = in-sample as in the paper")
+    group.add_argument("--backbone", default=defaults.backbone, help="minilm, smollm2, a model folder or a Hub id")
+    group.add_argument("--head", choices=("linear", "mlp"), default=defaults.head)
+    group.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens per text (left-truncated)")
+    group.add_argument("--C", type=float, default=defaults.C, dest="C", help="inverse L2 strength of linear heads")
+    group.add_argument("--no-bootstrap", action="store_true", help="train every member on all its fold's pairs")
+    group.add_argument("--group-by", default=defaults.group_by, help="column whose values get their own members ('none': one pool)")
+    group.add_argument("--seed", type=int, default=defaults.seed)
+    group.add_argument("--cache-dir", metavar="DIR", help="feature cache (default $RMCLEAN_CACHE_DIR or ~/.cache/rmclean)")
+    group.add_argument("--quiet", action="store_true", help="no progress bars")
+    return options
+
+
+def score_config(args: argparse.Namespace) -> ScoreConfig:
+    """The ScoreConfig the ensemble options describe."""
+    return ScoreConfig(
+        backbone=args.backbone, max_length=args.max_length, members=args.members, folds=args.folds,
+        head=args.head, C=args.C, bootstrap=not args.no_bootstrap,
+        group_by=None if str(args.group_by).lower() == "none" else args.group_by, seed=args.seed,
+    )
+
+
 def source_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """``load_pairs`` keyword arguments from the shared source options."""
     subsets = [part for value in args.subset or [] for part in value.split(",") if part] or None
@@ -198,14 +221,23 @@ def _run_inspect(args: argparse.Namespace) -> int:
 def _run_score(args: argparse.Namespace) -> int:
     loading = source_arguments(args)
     pairs = load_pairs(args.source, **loading)
-    config = ScoreConfig(
-        backbone=args.backbone, max_length=args.max_length, members=args.members, folds=args.folds,
-        head=args.head, C=args.C, bootstrap=not args.no_bootstrap,
-        group_by=None if str(args.group_by).lower() == "none" else args.group_by, seed=args.seed,
-    )
-    scores = score(pairs, config, cache_dir=args.cache_dir, progress=not args.quiet)
+    scores = score(pairs, score_config(args), cache_dir=args.cache_dir, progress=not args.quiet)
     written = write_report(scores, args.out, source=recorded_source(args.source, loading))
     print(format_score_summary(scores.metadata, written))
+    return 0
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    rates = tuple(float(rate) for rate in args.inject.split(",") if rate.strip())
+    config = AuditConfig(rates=rates, seed=args.seed)
+    pairs = load_pairs(args.source, **source_arguments(args))
+    result = audit(pairs, score_config(args), config, cache_dir=args.cache_dir, progress=not args.quiet)
+    result["source"] = recorded_source(args.source, source_arguments(args))
+    written = write_audit(result, args.out)
+    print(audit_markdown(result))
+    if not result["cleanlab"]:
+        print("(cleanlab is not installed: pip install cleanlab, or rmclean[audit], to add its row)")
+    print("wrote " + ", ".join(str(path) for path in written))
     return 0
 
 

@@ -140,43 +140,24 @@ def score(pairs, config: ScoreConfig = ScoreConfig(), *, cache_dir: str | os.Pat
     if len(valid) == 0:
         raise ValueError("no valid pairs to score" + (f" ({len(invalid)} invalid rows)" if len(invalid) else ""))
     config.head_config()  # validate members / folds / head before any backbone work
-    backbone = resolve_backbone(config.backbone)
 
     started = time.perf_counter()
-    prompts = valid["prompt"]
-    chosen_texts = [scoring_text(p, r) for p, r in zip(prompts, valid["chosen"])]
-    rejected_texts = [scoring_text(p, r) for p, r in zip(prompts, valid["rejected"])]
-    features = embed_texts(
-        backbone, chosen_texts + rejected_texts, max_length=config.max_length,
-        batch_size=config.batch_size, cache_dir=Path(cache_dir) if cache_dir else None, progress=progress,
-    )
+    chosen, rejected, backbone = pair_features(valid, config, cache_dir=cache_dir, progress=progress)
     timings["features_s"] = time.perf_counter() - started
     n_pairs = len(valid)
-    chosen, rejected = features[:n_pairs], features[n_pairs:]
 
     started = time.perf_counter()
-    groups = _groups(valid, config)
-    margins = np.zeros((n_pairs, config.members))
-    for number, (name, index) in enumerate(groups.items()):
-        if index.size < max(config.folds, 2):
-            raise ValueError(
-                f"source {name!r} has {index.size} pairs, fewer than the {config.folds} folds; "
-                "use fewer folds or group sources together (group_by=None)"
-            )
-        head_config = config.head_config(seed=config.seed + 1000 * number)
-        margins[index] = member_margins(chosen[index], rejected[index], head_config, progress=progress)
+    groups = training_groups(valid, config)
+    margins = ensemble_margins(chosen, rejected, groups, config, progress=progress)
     timings["heads_s"] = time.perf_counter() - started
 
     collapsed = np.all(chosen == rejected, axis=1)
     identical = np.array(["identical_responses" in flags for flags in valid["flags"]])
-    group_of_pair = np.empty(n_pairs, dtype=object)
-    for name, index in groups.items():
-        group_of_pair[index] = name
     metadata = {
         "config": asdict(config),
         "mode": config.mode,
         "backbone": {"name": backbone.name, "path": backbone.path, "fingerprint": backbone.fingerprint(),
-                     "pooling": backbone.pooling, "features": int(features.shape[1])},
+                     "pooling": backbone.pooling, "features": int(chosen.shape[1])},
         "versions": _versions(),
         "pairs": int(len(pairs)),
         "scored": n_pairs,
@@ -190,7 +171,37 @@ def score(pairs, config: ScoreConfig = ScoreConfig(), *, cache_dir: str | os.Pat
     return Scores(list(valid["pair_id"]), margins, config.mode, metadata)
 
 
-def _groups(valid, config: ScoreConfig) -> dict[str, np.ndarray]:
+def pair_features(valid, config: ScoreConfig, *, cache_dir: str | os.PathLike | None = None,
+                  progress: bool = True) -> tuple[np.ndarray, np.ndarray, Any]:
+    """``(chosen_features, rejected_features, backbone)`` of valid pairs, each
+    ``(n_pairs, dim)``, through the embedding cache."""
+    backbone = resolve_backbone(config.backbone)
+    prompts = valid["prompt"]
+    chosen_texts = [scoring_text(p, r) for p, r in zip(prompts, valid["chosen"])]
+    rejected_texts = [scoring_text(p, r) for p, r in zip(prompts, valid["rejected"])]
+    features = embed_texts(
+        backbone, chosen_texts + rejected_texts, max_length=config.max_length,
+        batch_size=config.batch_size, cache_dir=Path(cache_dir) if cache_dir else None, progress=progress,
+    )
+    return features[: len(valid)], features[len(valid):], backbone
+
+
+def ensemble_margins(chosen: np.ndarray, rejected: np.ndarray, groups: dict[str, np.ndarray],
+                     config: ScoreConfig, progress: bool = False) -> np.ndarray:
+    """Per-member margins ``(n_pairs, members)``; every group trains its own members."""
+    margins = np.zeros((chosen.shape[0], config.members))
+    for number, (name, index) in enumerate(groups.items()):
+        if index.size < max(config.folds, 2):
+            raise ValueError(
+                f"source {name!r} has {index.size} pairs, fewer than the {config.folds} folds; "
+                "use fewer folds or group sources together (group_by=None)"
+            )
+        head_config = config.head_config(seed=config.seed + 1000 * number)
+        margins[index] = member_margins(chosen[index], rejected[index], head_config, progress=progress)
+    return margins
+
+
+def training_groups(valid, config: ScoreConfig) -> dict[str, np.ndarray]:
     """Pair indices per training group: one per source, small sources pooled."""
     if config.group_by is None:
         return {"(all)": np.arange(len(valid))}

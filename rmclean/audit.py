@@ -1,0 +1,193 @@
+"""Detection audit: plant label flips, score the corrupted data, and measure how well each
+detector finds the planted flips (AUROC, AUPRC, precision@k with k = number of flips).
+
+Detectors (a higher score means "more likely flipped"):
+
+- ``rmclean``: −strength_mean of the cross-fitted ensemble (the default scorer);
+- ``rmclean mean/std``: −strength_mean / strength_std;
+- ``single member``: −margin of one member of the same ensemble (one reward model);
+- ``rmclean in-sample``: −strength_mean with ``folds = 1`` (the paper's mode);
+- ``cleanlab``: self-confidence of out-of-fold logistic regression on the same features,
+  pairs turned into binary examples of random orientation (needs ``cleanlab``);
+- ``oracle``: the same ensemble trained on the uncorrupted labels (an upper reference).
+
+Features come from the cache once; only the heads are retrained per flip rate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .pairs import split_invalid
+from .score import ScoreConfig, ensemble_margins, pair_features, training_groups
+
+DETECTORS = ("rmclean", "rmclean mean/std", "single member", "rmclean in-sample", "cleanlab", "oracle")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Flip rates to plant, and the seed that picks which pairs are flipped."""
+
+    rates: tuple[float, ...] = (0.1, 0.2, 0.3)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for rate in self.rates:
+            if not 0 < rate < 1:
+                raise ValueError(f"flip rates must be between 0 and 1 (exclusive), got {rate}")
+
+
+def plant_flips(n_pairs: int, rate: float, seed: int) -> np.ndarray:
+    """Boolean mask of exactly round(rate * n_pairs) pairs chosen at random."""
+    rng = np.random.default_rng([seed, int(round(rate * 1e6))])
+    mask = np.zeros(n_pairs, dtype=bool)
+    mask[rng.choice(n_pairs, size=int(round(rate * n_pairs)), replace=False)] = True
+    return mask
+
+
+def detection_metrics(flipped: np.ndarray, suspicion: np.ndarray) -> dict[str, float]:
+    """AUROC, AUPRC and precision@k (k = number of planted flips) of ``suspicion``."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    k = int(flipped.sum())
+    top = np.argsort(-suspicion, kind="stable")[:k]
+    return {
+        "auroc": float(roc_auc_score(flipped, suspicion)),
+        "auprc": float(average_precision_score(flipped, suspicion)),
+        "precision_at_k": float(flipped[top].mean()) if k else float("nan"),
+    }
+
+
+def audit(pairs, score_config: ScoreConfig = ScoreConfig(), config: AuditConfig = AuditConfig(), *,
+          cache_dir=None, progress: bool = True) -> dict[str, Any]:
+    """Run the audit on the valid pairs of ``pairs`` (features from the cache, see
+    :func:`audit_features`)."""
+    valid, _ = split_invalid(pairs)
+    chosen, rejected, backbone = pair_features(valid, score_config, cache_dir=cache_dir, progress=progress)
+    result = audit_features(chosen, rejected, training_groups(valid, score_config), score_config, config)
+    return {"pairs": len(valid), "backbone": backbone.name, **result}
+
+
+def audit_features(chosen: np.ndarray, rejected: np.ndarray, groups: dict[str, np.ndarray],
+                   score_config: ScoreConfig, config: AuditConfig) -> dict[str, Any]:
+    """The audit on feature matrices ``(n_pairs, dim)``: returns ``{"rows": [...], ...}`` with
+    one row per (rate, detector): ``rate``, ``detector``, ``auroc``, ``auprc``, ``precision_at_k``."""
+    clean_margins = ensemble_margins(chosen, rejected, groups, score_config).mean(axis=1)
+    in_sample_config = replace(score_config, folds=1)
+    rows: list[dict[str, Any]] = []
+    for rate in config.rates:
+        flipped = plant_flips(chosen.shape[0], rate, config.seed)
+        noisy_chosen = np.where(flipped[:, None], rejected, chosen)
+        noisy_rejected = np.where(flipped[:, None], chosen, rejected)
+        margins = ensemble_margins(noisy_chosen, noisy_rejected, groups, score_config)
+        strength_mean, strength_std = margins.mean(axis=1), margins.std(axis=1)
+        suspicion = {
+            "rmclean": -strength_mean,
+            "rmclean mean/std": -strength_mean / np.maximum(strength_std, 1e-12),
+            "single member": -margins[:, 0],
+            "rmclean in-sample": -ensemble_margins(noisy_chosen, noisy_rejected, groups, in_sample_config).mean(axis=1),
+            "oracle": np.where(flipped, clean_margins, -clean_margins),
+        }
+        cleanlab_scores = _cleanlab_suspicion(noisy_chosen, noisy_rejected, groups, score_config)
+        if cleanlab_scores is not None:
+            suspicion["cleanlab"] = cleanlab_scores
+        for detector in DETECTORS:
+            if detector in suspicion:
+                rows.append({"rate": rate, "detector": detector, **detection_metrics(flipped, suspicion[detector])})
+    return {
+        "config": {"score": asdict(score_config), "audit": asdict(config)},
+        "cleanlab": _cleanlab_available(),
+        "rows": rows,
+    }
+
+
+def _cleanlab_available() -> bool:
+    try:
+        import cleanlab  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _cleanlab_suspicion(chosen, rejected, groups, config: ScoreConfig) -> np.ndarray | None:
+    """cleanlab's self-confidence on randomly oriented binary examples, per group, with
+    out-of-fold probabilities from an L2 logistic regression (same C and folds)."""
+    if not _cleanlab_available():
+        return None
+    from cleanlab.rank import get_label_quality_scores
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.preprocessing import StandardScaler
+
+    suspicion = np.zeros(chosen.shape[0])
+    for number, index in enumerate(groups.values()):
+        rng = np.random.default_rng([config.seed, 7, number])
+        first_is_chosen = rng.random(index.size) < 0.5
+        differences = chosen[index] - rejected[index]
+        features = np.where(first_is_chosen[:, None], differences, -differences)
+        labels = first_is_chosen.astype(int)
+        model = LogisticRegression(C=config.C, max_iter=2000)
+        folds = StratifiedKFold(n_splits=max(config.folds, 2), shuffle=True, random_state=config.seed)
+        probabilities = cross_val_predict(
+            model, StandardScaler().fit_transform(features), labels, cv=folds, method="predict_proba"
+        )
+        suspicion[index] = 1.0 - get_label_quality_scores(labels, probabilities, method="self_confidence")
+    return suspicion
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """The audit table: one row per detector, AUROC / AUPRC / P@k per planted rate."""
+    rates = sorted({row["rate"] for row in result["rows"]})
+    header = "| detector | " + " | ".join(f"AUROC @{r:g} | AUPRC @{r:g} | P@k @{r:g}" for r in rates) + " |"
+    lines = [header, "|---|" + "---:|" * (3 * len(rates))]
+    for detector in DETECTORS:
+        cells = []
+        for rate in rates:
+            row = next((r for r in result["rows"] if r["rate"] == rate and r["detector"] == detector), None)
+            cells += [f"{row[m]:.3f}" if row else "n/a" for m in ("auroc", "auprc", "precision_at_k")]
+        if any(cell != "n/a" for cell in cells):
+            lines.append(f"| {detector} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any]):
+    """AUROC against planted flip rate, one line per detector."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    for detector in DETECTORS:
+        points = [(r["rate"], r["auroc"]) for r in result["rows"] if r["detector"] == detector]
+        if points:
+            axes.plot(*zip(*points), marker="o", label=detector)
+    axes.set_xlabel("planted flip rate")
+    axes.set_ylabel("AUROC (finding planted flips)")
+    axes.set_title(f"Detection audit, {result['pairs']:,} pairs, {result['backbone']}")
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def write_audit(result: dict[str, Any], folder: str | os.PathLike) -> list[Path]:
+    """Write ``audit.json``, ``audit.md`` and ``audit.png`` into ``folder``."""
+    from .plots import save
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in (("audit.json", json.dumps(result, indent=2, default=str) + "\n"), ("audit.md", to_markdown(result))):
+        partial = folder / (name + ".partial")
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, folder / name)
+        written.append(folder / name)
+    save(plot(result), folder / "audit.png")
+    written.append(folder / "audit.png")
+    return written

@@ -1,0 +1,75 @@
+"""Detection audit: planted flips, detector metrics, ``rmclean audit``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import rmclean
+from rmclean.audit import DETECTORS, AuditConfig, audit, audit_features, detection_metrics, plant_flips
+from rmclean.cli import main
+from rmclean.score import ScoreConfig
+
+
+def test_plant_flips_is_exact_and_seeded():
+    mask = plant_flips(1000, 0.2, seed=3)
+    assert mask.sum() == 200
+    np.testing.assert_array_equal(mask, plant_flips(1000, 0.2, seed=3))
+    assert not np.array_equal(mask, plant_flips(1000, 0.2, seed=4))
+
+
+def test_detection_metrics_on_known_rankings():
+    flipped = np.array([True, True, False, False, False])
+    perfect = detection_metrics(flipped, np.array([5.0, 4, 3, 2, 1]))
+    assert perfect == {"auroc": 1.0, "auprc": 1.0, "precision_at_k": 1.0}
+    backwards = detection_metrics(flipped, np.array([1.0, 2, 3, 4, 5]))
+    assert backwards["auroc"] == 0.0 and backwards["precision_at_k"] == 0.0
+    half = detection_metrics(flipped, np.array([5.0, 1, 4, 2, 3]))
+    # positives score 5 and 1, negatives 4, 2, 3: 3 of the 6 (positive, negative) pairs are ordered right
+    assert half["precision_at_k"] == 0.5 and half["auroc"] == pytest.approx(3 / 6)
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0, -0.1])
+def test_rates_must_be_between_zero_and_one(rate):
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        AuditConfig(rates=(rate,))
+
+
+def test_audit_ranks_planted_flips_first_when_the_reward_is_learnable():
+    rng = np.random.default_rng(0)
+    direction = rng.normal(size=16)
+    chosen, rejected = rng.normal(size=(600, 16)), rng.normal(size=(600, 16))
+    swap = (chosen - rejected) @ direction < 0
+    chosen[swap], rejected[swap] = rejected[swap].copy(), chosen[swap].copy()
+    groups = {"all": np.arange(600)}
+    result = audit_features(chosen, rejected, groups, ScoreConfig(members=4, folds=3, C=1.0), AuditConfig(rates=(0.2,)))
+    auroc = {row["detector"]: row["auroc"] for row in result["rows"]}
+    assert auroc["rmclean"] > 0.85 and auroc["oracle"] > 0.85
+    if result["cleanlab"]:
+        assert auroc["cleanlab"] > 0.8
+
+
+def test_audit_on_real_pairs_reports_every_detector(data_dir, tmp_path):
+    pairs = rmclean.load_pairs("hh-rlhf", subset="harmless-base", limit=240, data_dir=data_dir)
+    result = audit(pairs, ScoreConfig(members=3, folds=3), AuditConfig(rates=(0.2, 0.3)),
+                   cache_dir=tmp_path, progress=False)
+    assert result["pairs"] == 240 and result["backbone"] == "minilm"
+    detectors = [row["detector"] for row in result["rows"] if row["rate"] == 0.2]
+    assert detectors == [d for d in DETECTORS if result["cleanlab"] or d != "cleanlab"]
+    for row in result["rows"]:
+        assert 0 <= row["auroc"] <= 1 and 0 <= row["auprc"] <= 1 and 0 <= row["precision_at_k"] <= 1
+
+
+def test_cli_audit_writes_table_json_and_plot(real_data_env, tmp_path, capsys):
+    out = tmp_path / "audit"
+    code = main(["audit", "hh-rlhf", "--subset", "helpful-base", "--limit", "150", "--members", "2",
+                 "--folds", "3", "--inject", "0.25", "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| detector | AUROC @0.25 | AUPRC @0.25 | P@k @0.25 |" in printed
+    result = json.loads((out / "audit.json").read_text())
+    assert result["source"]["subset"] == ["helpful-base"] and result["config"]["audit"]["rates"] == [0.25]
+    assert "| rmclean in-sample |" in (out / "audit.md").read_text()
+    assert (out / "audit.png").stat().st_size > 1000
