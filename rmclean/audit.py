@@ -78,20 +78,21 @@ def audit_features(chosen: np.ndarray, rejected: np.ndarray, groups: dict[str, n
                    score_config: ScoreConfig, config: AuditConfig) -> dict[str, Any]:
     """The audit on feature matrices ``(n_pairs, dim)``: returns ``{"rows": [...], ...}`` with
     one row per (rate, detector): ``rate``, ``detector``, ``auroc``, ``auprc``, ``precision_at_k``."""
-    clean_margins = ensemble_margins(chosen, rejected, groups, score_config).mean(axis=1)
-    in_sample_config = replace(score_config, folds=1)
+    heads = score_config.head_config()
+    clean_margins = ensemble_margins(chosen, rejected, groups, heads).mean(axis=1)
+    in_sample = replace(heads, folds=1)
     rows: list[dict[str, Any]] = []
     for rate in config.rates:
         flipped = plant_flips(chosen.shape[0], rate, config.seed)
         noisy_chosen = np.where(flipped[:, None], rejected, chosen)
         noisy_rejected = np.where(flipped[:, None], chosen, rejected)
-        margins = ensemble_margins(noisy_chosen, noisy_rejected, groups, score_config)
+        margins = ensemble_margins(noisy_chosen, noisy_rejected, groups, heads)
         strength_mean, strength_std = margins.mean(axis=1), margins.std(axis=1)
         suspicion = {
             "rmclean": -strength_mean,
             "rmclean mean/std": -strength_mean / np.maximum(strength_std, 1e-12),
             "single member": -margins[:, 0],
-            "rmclean in-sample": -ensemble_margins(noisy_chosen, noisy_rejected, groups, in_sample_config).mean(axis=1),
+            "rmclean in-sample": -ensemble_margins(noisy_chosen, noisy_rejected, groups, in_sample).mean(axis=1),
             "oracle": np.where(flipped, clean_margins, -clean_margins),
         }
         cleanlab_scores = _cleanlab_suspicion(noisy_chosen, noisy_rejected, groups, score_config)

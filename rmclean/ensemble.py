@@ -39,8 +39,8 @@ class HeadConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.members < 2:
-            raise ValueError(f"members must be at least 2 (the strength std needs two), got {self.members}")
+        if self.members < 1:
+            raise ValueError(f"members must be at least 1, got {self.members}")
         if self.folds < 1:
             raise ValueError(f"folds must be at least 1, got {self.folds}")
         if self.head not in ("linear", "mlp"):

@@ -10,7 +10,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +42,14 @@ class ScoreConfig:
     seed: int = 0
     batch_size: int = 32
 
-    def head_config(self, seed: int | None = None) -> HeadConfig:
+    def __post_init__(self) -> None:
+        if self.members < 2:
+            raise ValueError(f"members must be at least 2 (the strength std needs two), got {self.members}")
+        self.head_config()  # validates folds, head and C
+
+    def head_config(self) -> HeadConfig:
         return HeadConfig(
-            members=self.members, folds=self.folds, head=self.head, C=self.C,
-            bootstrap=self.bootstrap, seed=self.seed if seed is None else seed,
+            members=self.members, folds=self.folds, head=self.head, C=self.C, bootstrap=self.bootstrap, seed=self.seed
         )
 
     @property
@@ -139,8 +143,6 @@ def score(pairs, config: ScoreConfig = ScoreConfig(), *, cache_dir: str | os.Pat
     valid, invalid = split_invalid(pairs)
     if len(valid) == 0:
         raise ValueError("no valid pairs to score" + (f" ({len(invalid)} invalid rows)" if len(invalid) else ""))
-    config.head_config()  # validate members / folds / head before any backbone work
-
     started = time.perf_counter()
     chosen, rejected, backbone = pair_features(valid, config, cache_dir=cache_dir, progress=progress)
     timings["features_s"] = time.perf_counter() - started
@@ -148,7 +150,7 @@ def score(pairs, config: ScoreConfig = ScoreConfig(), *, cache_dir: str | os.Pat
 
     started = time.perf_counter()
     groups = training_groups(valid, config)
-    margins = ensemble_margins(chosen, rejected, groups, config, progress=progress)
+    margins = ensemble_margins(chosen, rejected, groups, config.head_config(), progress=progress)
     timings["heads_s"] = time.perf_counter() - started
 
     collapsed = np.all(chosen == rejected, axis=1)
@@ -187,17 +189,18 @@ def pair_features(valid, config: ScoreConfig, *, cache_dir: str | os.PathLike | 
 
 
 def ensemble_margins(chosen: np.ndarray, rejected: np.ndarray, groups: dict[str, np.ndarray],
-                     config: ScoreConfig, progress: bool = False) -> np.ndarray:
-    """Per-member margins ``(n_pairs, members)``; every group trains its own members."""
-    margins = np.zeros((chosen.shape[0], config.members))
+                     head_config: HeadConfig, progress: bool = False) -> np.ndarray:
+    """Per-member margins ``(n_pairs, members)``; every group trains its own members
+    (group g uses seed ``head_config.seed + 1000 * g``)."""
+    margins = np.zeros((chosen.shape[0], head_config.members))
     for number, (name, index) in enumerate(groups.items()):
-        if index.size < max(config.folds, 2):
+        if index.size < max(head_config.folds, 2):
             raise ValueError(
-                f"source {name!r} has {index.size} pairs, fewer than the {config.folds} folds; "
+                f"source {name!r} has {index.size} pairs, fewer than the {head_config.folds} folds; "
                 "use fewer folds or group sources together (group_by=None)"
             )
-        head_config = config.head_config(seed=config.seed + 1000 * number)
-        margins[index] = member_margins(chosen[index], rejected[index], head_config, progress=progress)
+        seeded = replace(head_config, seed=head_config.seed + 1000 * number)
+        margins[index] = member_margins(chosen[index], rejected[index], seeded, progress=progress)
     return margins
 
 

@@ -81,9 +81,9 @@ def test_members_differ_and_seeds_reproduce():
     [({"members": 1}, "members must be at least 2"), ({"folds": 0}, "folds must be at least 1"),
      ({"head": "tree"}, "head must be"), ({"C": 0}, "C must be positive")],
 )
-def test_head_config_rejects_bad_values(kwargs, message):
+def test_score_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        HeadConfig(**kwargs)
+        ScoreConfig(**kwargs)
 
 
 def test_fewer_pairs_than_folds_is_an_error():
