@@ -1,9 +1,15 @@
-"""rmclean: find and fix noisy labels in reward-model preference data."""
+"""rmclean: find and fix noisy labels in reward-model preference data.
+
+``rmclean.score`` and ``rmclean.audit`` are the functions (their modules stay importable as
+``from rmclean.score import ScoreConfig``).
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 
 from . import describe
+from .audit import AuditConfig, audit
 from .pairs import CANONICAL_COLUMNS, PairFormatError, load_pairs, split_invalid
+from .score import ScoreConfig, Scores, score
 from .sources import SourceNotFoundError
 
 try:
@@ -11,4 +17,17 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["describe", "CANONICAL_COLUMNS", "PairFormatError", "SourceNotFoundError", "load_pairs", "split_invalid", "__version__"]
+__all__ = [
+    "CANONICAL_COLUMNS",
+    "AuditConfig",
+    "PairFormatError",
+    "ScoreConfig",
+    "Scores",
+    "SourceNotFoundError",
+    "audit",
+    "describe",
+    "load_pairs",
+    "score",
+    "split_invalid",
+    "__version__",
+]

@@ -122,9 +122,7 @@ def load_model(backbone: Backbone, cache_dir: Path | None = None):
     once and saved under the cache (transformers refuses to save a model marked quantized)."""
     from transformers import AutoModel, AutoTokenizer
 
-    source = backbone.path
-    if backbone.gguf_file:
-        source = str(_dequantized_folder(backbone, cache_dir or default_cache_dir()))
+    source = str(model_folder(backbone, cache_dir))
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModel.from_pretrained(source, attn_implementation="sdpa")
     model.eval()
@@ -133,6 +131,14 @@ def load_model(backbone: Backbone, cache_dir: Path | None = None):
     tokenizer.truncation_side = "left"
     tokenizer.padding_side = "right"
     return tokenizer, model
+
+
+def model_folder(backbone: Backbone, cache_dir: Path | None = None) -> str | Path:
+    """Where ``from_pretrained`` loads the backbone: its folder or Hub id, or for a GGUF the
+    dequantized copy saved in the cache."""
+    if backbone.gguf_file:
+        return _dequantized_folder(backbone, cache_dir or default_cache_dir())
+    return backbone.path
 
 
 def _dequantized_folder(backbone: Backbone, cache_dir: Path) -> Path:

@@ -163,12 +163,19 @@ def _score_options() -> argparse.ArgumentParser:
     group.add_argument("--members", type=int, default=defaults.members, help="ensemble members per fold (paper: 10)")
     group.add_argument("--folds", type=int, default=defaults.folds, help="cross-fitting folds; 1 = in-sample as in the paper")
     group.add_argument("--backbone", default=defaults.backbone, help="minilm, smollm2, a model folder or a Hub id")
+    group.add_argument("--member-type", choices=("heads", "finetune"), default=defaults.member_type,
+                       help="heads on cached frozen features (CPU default) or full fine-tunes (GPU path)")
     group.add_argument("--head", choices=("linear", "mlp"), default=defaults.head)
     group.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens per text (left-truncated)")
     group.add_argument("--C", type=float, default=defaults.C, dest="C", help="inverse L2 strength of linear heads")
     group.add_argument("--no-bootstrap", action="store_true", help="train every member on all its fold's pairs")
     group.add_argument("--group-by", default=defaults.group_by, help="column whose values get their own members ('none': one pool)")
     group.add_argument("--seed", type=int, default=defaults.seed)
+    group.add_argument("--reward-model", action="append", default=[], metavar="ID_OR_PATH",
+                       help="a trained reward model as an extra member (repeatable); --members 0 uses only these")
+    group.add_argument("--finetune-epochs", type=int, default=defaults.finetune_epochs)
+    group.add_argument("--finetune-lr", type=float, default=defaults.finetune_learning_rate)
+    group.add_argument("--finetune-max-steps", type=int, default=defaults.finetune_max_steps, metavar="N")
     group.add_argument("--cache-dir", metavar="DIR", help="feature cache (default $RMCLEAN_CACHE_DIR or ~/.cache/rmclean)")
     group.add_argument("--quiet", action="store_true", help="no progress bars")
     return options
@@ -178,8 +185,10 @@ def score_config(args: argparse.Namespace) -> ScoreConfig:
     """The ScoreConfig the ensemble options describe."""
     return ScoreConfig(
         backbone=args.backbone, max_length=args.max_length, members=args.members, folds=args.folds,
-        head=args.head, C=args.C, bootstrap=not args.no_bootstrap,
+        member_type=args.member_type, head=args.head, C=args.C, bootstrap=not args.no_bootstrap,
         group_by=None if str(args.group_by).lower() == "none" else args.group_by, seed=args.seed,
+        reward_models=tuple(args.reward_model), finetune_epochs=args.finetune_epochs,
+        finetune_learning_rate=args.finetune_lr, finetune_max_steps=args.finetune_max_steps,
     )
 
 
@@ -254,20 +263,26 @@ def format_score_summary(metadata: dict[str, Any], written: dict[str, Path]) -> 
     """The short human report of ``rmclean score``."""
     summary = metadata["summary"]
     config = metadata["config"]
+    members = f"{config['members']} {config['head'] if config['member_type'] == 'heads' else 'fine-tuned'} members per fold"
+    if config["reward_models"]:
+        members += f" + {len(config['reward_models'])} reward model(s)"
     lines = [
         f"scored {metadata['scored']:,} pairs ({metadata['invalid']:,} invalid rows not scored) with "
-        f"{config['members']} {config['head']} members per fold, {metadata['mode']}, backbone {metadata['backbone']['name']}",
+        f"{members}, {metadata['mode']}, backbone {metadata['backbone']['name']}",
         f"  ensemble accuracy vs dataset labels: {summary['ensemble_accuracy']:.3f} "
         f"(members {min(summary['member_accuracy']):.3f}-{max(summary['member_accuracy']):.3f})",
         f"  pairs with strength_mean < 0: {summary['fraction_negative']:.1%}",
-        f"  pairs whose two inputs are identical after truncation: {metadata['collapsed_pairs']:,} "
-        f"({metadata['collapsed_beyond_identical_responses']:,} beyond identical responses)",
     ]
+    if metadata["collapsed_pairs"] is not None:
+        lines.append(
+            f"  pairs whose two inputs are identical after truncation: {metadata['collapsed_pairs']:,} "
+            f"({metadata['collapsed_beyond_identical_responses']:,} beyond identical responses)"
+        )
     for name, entry in summary.get("by_source", {}).items():
         lines.append(f"  {name}: {entry['pairs']:,} pairs, accuracy {entry['ensemble_accuracy']:.3f}, "
                      f"below 0 {entry['fraction_negative']:.1%}")
     timings = metadata["timings"]
-    lines.append(f"  time: features {timings['features_s']:.1f}s, heads {timings['heads_s']:.1f}s")
+    lines.append("  time: " + ", ".join(f"{name.removesuffix('_s')} {seconds:.1f}s" for name, seconds in timings.items()))
     lines.append("wrote " + ", ".join(str(path) for path in written.values()))
     return "\n".join(lines)
 

@@ -29,7 +29,7 @@ class HeadConfig:
     members: int = 10
     folds: int = 5
     head: str = "linear"
-    C: float = 0.001
+    C: float = 0.0003
     bootstrap: bool = True
     hidden: int = 64
     epochs: int = 30

@@ -162,11 +162,7 @@ def _parse_json_line(raw: bytes, display: str, index: int, line_no: int) -> Reco
 
 def _read_json_array(raw: bytes, display: str) -> Iterator[Record]:
     """Elements of a top-level JSON array, each with the line it starts on."""
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise ReadError(display, f"invalid UTF-8 ({raw[exc.start:exc.start + 4]!r})", line) from None
+    text = _decode_whole(raw, display)
     decoder = json.JSONDecoder()
     position = _skip_space(text, 0) + 1  # past "["
     counted_to, line = 0, 1
@@ -202,6 +198,15 @@ def _read_json_array(raw: bytes, display: str) -> Iterator[Record]:
             return
 
 
+def _decode_whole(raw: bytes, display: str) -> str:
+    """A whole file's text; invalid UTF-8 is an error naming the line of the bad byte."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ReadError(display, f"invalid UTF-8 ({raw[exc.start:exc.start + 4]!r})", line) from None
+
+
 def _skip_space(text: str, position: int) -> int:
     while position < len(text) and text[position] in " \t\r\n":
         position += 1
@@ -209,11 +214,7 @@ def _skip_space(text: str, position: int) -> int:
 
 
 def _read_csv(raw: bytes, display: str) -> Iterator[Record]:
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise ReadError(display, f"invalid UTF-8 ({raw[exc.start:exc.start + 4]!r})", line) from None
+    text = _decode_whole(raw, display)
     reader = csv.reader(io.StringIO(text, newline=""))
     index = 0
     try:

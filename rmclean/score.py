@@ -16,10 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from .backbones import embed_texts, resolve_backbone
+from .backbones import embed_texts, model_folder, resolve_backbone
 from .ensemble import HeadConfig, member_margins
+from .finetune import FinetuneConfig, finetune_margins
 from .formats import HH_ASSISTANT
 from .pairs import split_invalid
+from .reward_models import reward_model_margins
 from .strength import aggregate, summarize
 
 POOLED_GROUP = "(pooled small sources)"
@@ -34,18 +36,38 @@ class ScoreConfig:
     max_length: int = 256
     members: int = 10
     folds: int = 5
+    member_type: str = "heads"
     head: str = "linear"
-    C: float = 0.001
+    C: float = 0.0003
     bootstrap: bool = True
     group_by: str | None = "source"
     min_group_size: int = 200
     seed: int = 0
     batch_size: int = 32
+    reward_models: tuple[str, ...] = ()
+    finetune_epochs: int = 1
+    finetune_learning_rate: float = 1e-5
+    finetune_batch_size: int = 8
+    finetune_max_steps: int | None = None
 
     def __post_init__(self) -> None:
-        if self.members < 2:
-            raise ValueError(f"members must be at least 2 (the strength std needs two), got {self.members}")
-        self.head_config()  # validates folds, head and C
+        object.__setattr__(self, "reward_models", tuple(self.reward_models))
+        if self.members < 0 or self.members + len(self.reward_models) < 2:
+            raise ValueError(
+                f"members must be at least 2 (the strength std needs two), got {self.members} seeded members"
+                + (f" and {len(self.reward_models)} reward model(s)" if self.reward_models else "")
+            )
+        if self.member_type not in ("heads", "finetune"):
+            raise ValueError(f"member_type must be 'heads' or 'finetune', got {self.member_type!r}")
+        if self.members:
+            self.head_config()  # validates folds, head and C
+
+    def finetune_config(self) -> "FinetuneConfig":
+        return FinetuneConfig(
+            members=self.members, folds=self.folds, epochs=self.finetune_epochs,
+            learning_rate=self.finetune_learning_rate, batch_size=self.finetune_batch_size,
+            max_length=self.max_length, max_steps=self.finetune_max_steps, bootstrap=False, seed=self.seed,
+        )
 
     def head_config(self) -> HeadConfig:
         return HeadConfig(
@@ -143,34 +165,68 @@ def score(pairs, config: ScoreConfig = ScoreConfig(), *, cache_dir: str | os.Pat
     valid, invalid = split_invalid(pairs)
     if len(valid) == 0:
         raise ValueError("no valid pairs to score" + (f" ({len(invalid)} invalid rows)" if len(invalid) else ""))
-    started = time.perf_counter()
-    chosen, rejected, backbone = pair_features(valid, config, cache_dir=cache_dir, progress=progress)
-    timings["features_s"] = time.perf_counter() - started
     n_pairs = len(valid)
-
-    started = time.perf_counter()
     groups = training_groups(valid, config)
-    margins = ensemble_margins(chosen, rejected, groups, config.head_config(), progress=progress)
-    timings["heads_s"] = time.perf_counter() - started
+    backbone = resolve_backbone(config.backbone)
+    columns: list[np.ndarray] = []
+    collapsed = None
+    if config.members and config.member_type == "heads":
+        started = time.perf_counter()
+        chosen, rejected, _ = pair_features(valid, config, cache_dir=cache_dir, progress=progress)
+        timings["features_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        columns.append(ensemble_margins(chosen, rejected, groups, config.head_config(), progress=progress))
+        timings["heads_s"] = time.perf_counter() - started
+        collapsed = np.all(chosen == rejected, axis=1)
+    elif config.members:
+        started = time.perf_counter()
+        folder = str(model_folder(backbone, Path(cache_dir) if cache_dir else None))
+        chosen_texts, rejected_texts = scoring_texts(valid)
+        finetuned = np.zeros((n_pairs, config.members))
+        for number, index in enumerate(groups.values()):
+            seeded = replace(config.finetune_config(), seed=config.seed + 1000 * number)
+            finetuned[index] = finetune_margins(folder, [chosen_texts[i] for i in index],
+                                                [rejected_texts[i] for i in index], seeded, progress=progress)
+        columns.append(finetuned)
+        timings["finetune_s"] = time.perf_counter() - started
+    if config.reward_models:
+        started = time.perf_counter()
+        chosen_texts, rejected_texts = scoring_texts(valid)
+        columns += [
+            reward_model_margins(name, chosen_texts, rejected_texts, config.max_length, progress=progress)[:, None]
+            for name in config.reward_models
+        ]
+        timings["reward_models_s"] = time.perf_counter() - started
+    margins = np.hstack(columns)
 
-    collapsed = np.all(chosen == rejected, axis=1)
     identical = np.array(["identical_responses" in flags for flags in valid["flags"]])
     metadata = {
         "config": asdict(config),
         "mode": config.mode,
+        "members": {"seeded": config.members, "member_type": config.member_type,
+                    "reward_models": list(config.reward_models)},
         "backbone": {"name": backbone.name, "path": backbone.path, "fingerprint": backbone.fingerprint(),
-                     "pooling": backbone.pooling, "features": int(chosen.shape[1])},
+                     "pooling": backbone.pooling},
         "versions": _versions(),
         "pairs": int(len(pairs)),
         "scored": n_pairs,
         "invalid": int(len(invalid)),
         "groups": {name: int(index.size) for name, index in groups.items()},
-        "collapsed_pairs": int(collapsed.sum()),
-        "collapsed_beyond_identical_responses": int((collapsed & ~identical).sum()),
+        "collapsed_pairs": None if collapsed is None else int(collapsed.sum()),
+        "collapsed_beyond_identical_responses": None if collapsed is None else int((collapsed & ~identical).sum()),
         "timings": timings,
         "summary": summarize(margins, list(valid["source"])),
     }
     return Scores(list(valid["pair_id"]), margins, config.mode, metadata)
+
+
+def scoring_texts(valid) -> tuple[list[str], list[str]]:
+    """The texts reward models read for each pair: ``(chosen_texts, rejected_texts)``."""
+    prompts = valid["prompt"]
+    return (
+        [scoring_text(p, r) for p, r in zip(prompts, valid["chosen"])],
+        [scoring_text(p, r) for p, r in zip(prompts, valid["rejected"])],
+    )
 
 
 def pair_features(valid, config: ScoreConfig, *, cache_dir: str | os.PathLike | None = None,
@@ -178,9 +234,7 @@ def pair_features(valid, config: ScoreConfig, *, cache_dir: str | os.PathLike | 
     """``(chosen_features, rejected_features, backbone)`` of valid pairs, each
     ``(n_pairs, dim)``, through the embedding cache."""
     backbone = resolve_backbone(config.backbone)
-    prompts = valid["prompt"]
-    chosen_texts = [scoring_text(p, r) for p, r in zip(prompts, valid["chosen"])]
-    rejected_texts = [scoring_text(p, r) for p, r in zip(prompts, valid["rejected"])]
+    chosen_texts, rejected_texts = scoring_texts(valid)
     features = embed_texts(
         backbone, chosen_texts + rejected_texts, max_length=config.max_length,
         batch_size=config.batch_size, cache_dir=Path(cache_dir) if cache_dir else None, progress=progress,

