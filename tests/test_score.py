@@ -273,3 +273,9 @@ def test_smollm2_gguf_backbone_is_dequantized_once(tmp_path, monkeypatch):
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_dequantizing)
     again = embed_texts(backbone, ["\n\nHuman: hey\n\nAssistant: yo"], 32, cache_dir=tmp_path, progress=False)
     assert again.shape == (1, 1152)
+
+
+def test_dataset_smaller_than_the_fold_count_is_a_clear_error(cache_dir):
+    rows = [{"prompt": f"q{i}", "chosen": f"fine answer {i}", "rejected": f"poor answer {i}"} for i in range(3)]
+    with pytest.raises(ValueError, match="has 3 pairs, fewer than the 5 folds"):
+        score(rmclean.load_pairs(rows), ScoreConfig(folds=5), cache_dir=cache_dir, progress=False)
