@@ -126,7 +126,7 @@ def convert_row(
         pair, used = _from_judgement(row, keys, response_keys, allow_empty)
     pair.extras = {**{key: value for key, value in row.items() if key not in used}, **pair.extras}
     _flag_scores(pair)
-    if pair.chosen.strip() == pair.rejected.strip() and FLAG_IDENTICAL not in pair.flags:
+    if pair.chosen.strip() == pair.rejected.strip():
         pair.flags.append(FLAG_IDENTICAL)
     if not pair.chosen.strip() or not pair.rejected.strip():
         pair.flags.append(FLAG_EMPTY_RESPONSE)

@@ -30,10 +30,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from . import formats
 from .formats import FLAG_DUPLICATE, FLAG_INVALID, KeyMap, RowError, convert_row, pair_id
 from .readers import ReadError, Record, iter_rows, read_file, suffix_of
-from .sources import SourceNotFoundError, named_source, resolve
+from .sources import NAMED_SOURCES, SourceNotFoundError, named_source, resolve
 
 CANONICAL_COLUMNS = ("pair_id", "prompt", "chosen", "rejected", "source", "row", "flags", "error")
 
@@ -256,7 +255,7 @@ def _hub_streams(hub_id: str, subsets: list[str] | None, split: str | None) -> l
             loaded = datasets.load_dataset(hub_id, name=name, split=split)
         except Exception as exc:  # offline, not found, no access: report where we looked
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            known = ", ".join(_known_names())
+            known = ", ".join(NAMED_SOURCES)
             raise SourceNotFoundError(
                 f"{hub_id!r} is not a file or folder, not a dataset rmclean knows by name ({known}), "
                 f"and could not be loaded from the Hugging Face Hub ({type(exc).__name__}: {reason})"
@@ -266,12 +265,6 @@ def _hub_streams(hub_id: str, subsets: list[str] | None, split: str | None) -> l
             label = "/".join(p for p in (hub_id, name, part_split) if p)
             streams.append(_Stream(label, iter_rows(rows, label)))
     return streams
-
-
-def _known_names() -> list[str]:
-    from .sources import NAMED_SOURCES
-
-    return list(NAMED_SOURCES)
 
 
 def _file_records(path: Path, display: str) -> Iterator[Record]:
@@ -378,4 +371,4 @@ def _extra_array(values: list[Any]) -> pa.Array:
         )
 
 
-__all__ = ["CANONICAL_COLUMNS", "PairFormatError", "load_pairs", "split_invalid", "formats"]
+__all__ = ["CANONICAL_COLUMNS", "PairFormatError", "load_pairs", "split_invalid"]
