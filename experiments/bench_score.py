@@ -55,7 +55,7 @@ def child(arguments: dict) -> dict:
         groups = training_groups(valid, config)
         heads_started = time.perf_counter()
         if arguments["step"] == "audit":
-            audited = audit_features(chosen, rejected, groups, config, AuditConfig(rates=(0.2,)))
+            audited = audit_features([(chosen, rejected)], groups, config, AuditConfig(rates=(0.2,)))
             result["audit"] = audited["rows"]
             result["audit_markdown"] = to_markdown(audited)
         else:

@@ -1,5 +1,8 @@
 """What each scoring choice gives, on cached features of the pooled hh-rlhf test splits.
 
+Also compares feature views (``ScoreConfig.views``): the transcript, the response alone, and
+the response with its prompt interaction, alone and combined.
+
     RMCLEAN_DATA_DIR=../shared/data python experiments/tune_heads.py [--backbone minilm]
 
 For every variant (regularisation C, linear or MLP heads, per-source or pooled members,
@@ -21,7 +24,7 @@ import numpy as np
 
 import rmclean
 from rmclean.audit import AuditConfig, audit_features
-from rmclean.score import ScoreConfig, ensemble_margins, pair_features, training_groups
+from rmclean.score import VIEWS, ScoreConfig, pair_features, training_groups, view_margins
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -32,6 +35,10 @@ def variants(base: ScoreConfig) -> list[tuple[str, ScoreConfig]]:
         ("linear C=0.0003, pooled sources", replace(base, group_by=None)),
         ("linear C=0.0003, no bootstrap", replace(base, bootstrap=False)),
         ("mlp, per source", replace(base, head="mlp")),
+        ("view: response", replace(base, views=("response",))),
+        ("view: response+prompt", replace(base, views=("response+prompt",))),
+        ("views: transcript + response+prompt", replace(base, views=("transcript", "response+prompt"))),
+        ("views: all three", replace(base, views=("transcript", "response", "response+prompt"))),
     ]
     return rows
 
@@ -45,12 +52,13 @@ def main() -> None:
 
     pairs, _ = rmclean.split_invalid(rmclean.load_pairs("hh-rlhf", limit=args.limit))
     base = ScoreConfig(backbone=args.backbone, members=args.members)
-    chosen, rejected, _ = pair_features(pairs, base)
+    features = {view: pair_features(pairs, base, view=view)[:2] for view in VIEWS}
     results = []
     for name, config in variants(base):
         groups = training_groups(pairs, config)
-        margins = ensemble_margins(chosen, rejected, groups, config.head_config())
-        audited = audit_features(chosen, rejected, groups, config, AuditConfig(rates=(0.2,)))
+        views = [features[view] for view in config.views]
+        margins = view_margins(views, groups, config.head_config())
+        audited = audit_features(views, groups, config, AuditConfig(rates=(0.2,)))
         auroc = {row["detector"]: row["auroc"] for row in audited["rows"]}
         results.append({"variant": name, "accuracy": float((margins.mean(axis=1) > 0).mean()), "auroc_at_0.2": auroc})
         print(name, f"{results[-1]['accuracy']:.3f}", {k: round(v, 3) for k, v in auroc.items()}, flush=True)

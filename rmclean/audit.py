@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .pairs import split_invalid
-from .score import ScoreConfig, ensemble_margins, pair_features, training_groups
+from .score import ScoreConfig, pair_features, training_groups, view_margins
 
 DETECTORS = ("rmclean", "rmclean mean/std", "single member", "rmclean in-sample", "cleanlab", "oracle")
 
@@ -66,36 +66,39 @@ def detection_metrics(flipped: np.ndarray, suspicion: np.ndarray) -> dict[str, f
 
 def audit(pairs, score_config: ScoreConfig = ScoreConfig(), config: AuditConfig = AuditConfig(), *,
           cache_dir=None, progress: bool = True) -> dict[str, Any]:
-    """Run the audit on the valid pairs of ``pairs`` (features from the cache, see
-    :func:`audit_features`)."""
+    """Run the audit on the valid pairs of ``pairs`` (features of every view of
+    ``score_config.views`` from the cache, see :func:`audit_features`)."""
     valid, _ = split_invalid(pairs)
-    chosen, rejected, backbone = pair_features(valid, score_config, cache_dir=cache_dir, progress=progress)
-    result = audit_features(chosen, rejected, training_groups(valid, score_config), score_config, config)
-    return {"pairs": len(valid), "backbone": backbone.name, **result}
+    views = [pair_features(valid, score_config, view=view, cache_dir=cache_dir, progress=progress)[:2]
+             for view in score_config.views]
+    result = audit_features(views, training_groups(valid, score_config), score_config, config)
+    return {"pairs": len(valid), "backbone": score_config.backbone, **result}
 
 
-def audit_features(chosen: np.ndarray, rejected: np.ndarray, groups: dict[str, np.ndarray],
+def audit_features(views: list[tuple[np.ndarray, np.ndarray]], groups: dict[str, np.ndarray],
                    score_config: ScoreConfig, config: AuditConfig) -> dict[str, Any]:
-    """The audit on feature matrices ``(n_pairs, dim)``: returns ``{"rows": [...], ...}`` with
-    one row per (rate, detector): ``rate``, ``detector``, ``auroc``, ``auprc``, ``precision_at_k``."""
+    """The audit on feature views, each ``(chosen, rejected)`` of shape ``(n_pairs, dim)``:
+    returns ``{"rows": [...], ...}`` with one row per (rate, detector): ``rate``, ``detector``,
+    ``auroc``, ``auprc``, ``precision_at_k``. cleanlab sees all views' features side by side."""
     heads = score_config.head_config()
-    clean_margins = ensemble_margins(chosen, rejected, groups, heads).mean(axis=1)
-    in_sample = replace(heads, folds=1)
+    n_pairs = views[0][0].shape[0]
+    clean_margins = view_margins(views, groups, heads).mean(axis=1)
     rows: list[dict[str, Any]] = []
     for rate in config.rates:
-        flipped = plant_flips(chosen.shape[0], rate, config.seed)
-        noisy_chosen = np.where(flipped[:, None], rejected, chosen)
-        noisy_rejected = np.where(flipped[:, None], chosen, rejected)
-        margins = ensemble_margins(noisy_chosen, noisy_rejected, groups, heads)
+        flipped = plant_flips(n_pairs, rate, config.seed)
+        noisy = [(np.where(flipped[:, None], rejected, chosen), np.where(flipped[:, None], chosen, rejected))
+                 for chosen, rejected in views]
+        margins = view_margins(noisy, groups, heads)
         strength_mean, strength_std = margins.mean(axis=1), margins.std(axis=1)
         suspicion = {
             "rmclean": -strength_mean,
             "rmclean mean/std": -strength_mean / np.maximum(strength_std, 1e-12),
             "single member": -margins[:, 0],
-            "rmclean in-sample": -ensemble_margins(noisy_chosen, noisy_rejected, groups, in_sample).mean(axis=1),
+            "rmclean in-sample": -view_margins(noisy, groups, replace(heads, folds=1)).mean(axis=1),
             "oracle": np.where(flipped, clean_margins, -clean_margins),
         }
-        cleanlab_scores = _cleanlab_suspicion(noisy_chosen, noisy_rejected, groups, score_config)
+        cleanlab_scores = _cleanlab_suspicion(np.hstack([c for c, _ in noisy]), np.hstack([r for _, r in noisy]),
+                                              groups, score_config)
         if cleanlab_scores is not None:
             suspicion["cleanlab"] = cleanlab_scores
         for detector in DETECTORS:

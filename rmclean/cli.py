@@ -20,7 +20,7 @@ from .audit import AuditConfig, audit, write_audit
 from .audit import to_markdown as audit_markdown
 from .backbones import BackboneError
 from .pairs import PairFormatError, load_pairs
-from .score import ScoreConfig, score, write_report
+from .score import VIEWS, ScoreConfig, score, write_report
 from .sources import NAMED_SOURCES, SourceNotFoundError
 
 EXIT_ERROR = 1
@@ -166,6 +166,8 @@ def _score_options() -> argparse.ArgumentParser:
     group.add_argument("--member-type", choices=("heads", "finetune"), default=defaults.member_type,
                        help="heads on cached frozen features (CPU default) or full fine-tunes (GPU path)")
     group.add_argument("--head", choices=("linear", "mlp"), default=defaults.head)
+    group.add_argument("--views", default=",".join(defaults.views), metavar="VIEW[,VIEW]",
+                       help=f"feature views, each with its own members: {', '.join(VIEWS)} (default: transcript)")
     group.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens per text (left-truncated)")
     group.add_argument("--C", type=float, default=defaults.C, dest="C", help="inverse L2 strength of linear heads")
     group.add_argument("--no-bootstrap", action="store_true", help="train every member on all its fold's pairs")
@@ -187,7 +189,8 @@ def score_config(args: argparse.Namespace) -> ScoreConfig:
         backbone=args.backbone, max_length=args.max_length, members=args.members, folds=args.folds,
         member_type=args.member_type, head=args.head, C=args.C, bootstrap=not args.no_bootstrap,
         group_by=None if str(args.group_by).lower() == "none" else args.group_by, seed=args.seed,
-        reward_models=tuple(args.reward_model), finetune_epochs=args.finetune_epochs,
+        reward_models=tuple(args.reward_model), views=tuple(v for v in args.views.split(",") if v),
+        finetune_epochs=args.finetune_epochs,
         finetune_learning_rate=args.finetune_lr, finetune_max_steps=args.finetune_max_steps,
     )
 

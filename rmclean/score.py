@@ -26,6 +26,12 @@ from .strength import aggregate, summarize
 
 POOLED_GROUP = "(pooled small sources)"
 
+#: Feature views a backbone can give of a response (each view trains its own members):
+#: ``transcript``: the dialogue ending in the response (left-truncated);
+#: ``response``: the response alone;
+#: ``response+prompt``: the response embedding and its elementwise product with the prompt's.
+VIEWS = ("transcript", "response", "response+prompt")
+
 
 @dataclass(frozen=True)
 class ScoreConfig:
@@ -45,6 +51,7 @@ class ScoreConfig:
     seed: int = 0
     batch_size: int = 32
     reward_models: tuple[str, ...] = ()
+    views: tuple[str, ...] = ("transcript",)
     finetune_epochs: int = 1
     finetune_learning_rate: float = 1e-5
     finetune_batch_size: int = 8
@@ -52,6 +59,10 @@ class ScoreConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reward_models", tuple(self.reward_models))
+        object.__setattr__(self, "views", tuple(self.views))
+        unknown = [view for view in self.views if view not in VIEWS]
+        if unknown or not self.views:
+            raise ValueError(f"views must be a non-empty selection of {', '.join(VIEWS)}, got {self.views}")
         if self.members < 0 or self.members + len(self.reward_models) < 2:
             raise ValueError(
                 f"members must be at least 2 (the strength std needs two), got {self.members} seeded members"
@@ -172,12 +183,13 @@ def score(pairs, config: ScoreConfig = ScoreConfig(), *, cache_dir: str | os.Pat
     collapsed = None
     if config.members and config.member_type == "heads":
         started = time.perf_counter()
-        chosen, rejected, _ = pair_features(valid, config, cache_dir=cache_dir, progress=progress)
+        views = [pair_features(valid, config, view=view, cache_dir=cache_dir, progress=progress)[:2]
+                 for view in config.views]
         timings["features_s"] = time.perf_counter() - started
         started = time.perf_counter()
-        columns.append(ensemble_margins(chosen, rejected, groups, config.head_config(), progress=progress))
+        columns.append(view_margins(views, groups, config.head_config(), progress=progress))
         timings["heads_s"] = time.perf_counter() - started
-        collapsed = np.all(chosen == rejected, axis=1)
+        collapsed = np.logical_and.reduce([np.all(chosen == rejected, axis=1) for chosen, rejected in views])
     elif config.members:
         started = time.perf_counter()
         folder = str(model_folder(backbone, Path(cache_dir) if cache_dir else None))
@@ -203,8 +215,9 @@ def score(pairs, config: ScoreConfig = ScoreConfig(), *, cache_dir: str | os.Pat
     metadata = {
         "config": asdict(config),
         "mode": config.mode,
-        "members": {"seeded": config.members, "member_type": config.member_type,
-                    "reward_models": list(config.reward_models)},
+        "members": {"seeded": config.members, "member_type": config.member_type, "views": list(config.views),
+                    "reward_models": list(config.reward_models),
+                    "scale": "per-member std" if len(config.views) > 1 else "raw reward"},
         "backbone": {"name": backbone.name, "path": backbone.path, "fingerprint": backbone.fingerprint(),
                      "pooling": backbone.pooling},
         "versions": _versions(),
@@ -229,17 +242,43 @@ def scoring_texts(valid) -> tuple[list[str], list[str]]:
     )
 
 
-def pair_features(valid, config: ScoreConfig, *, cache_dir: str | os.PathLike | None = None,
-                  progress: bool = True) -> tuple[np.ndarray, np.ndarray, Any]:
-    """``(chosen_features, rejected_features, backbone)`` of valid pairs, each
-    ``(n_pairs, dim)``, through the embedding cache."""
+def pair_features(valid, config: ScoreConfig, *, view: str = "transcript",
+                  cache_dir: str | os.PathLike | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray, Any]:
+    """``(chosen_features, rejected_features, backbone)`` of valid pairs in one of
+    :data:`VIEWS`, each ``(n_pairs, dim)``, through the embedding cache."""
     backbone = resolve_backbone(config.backbone)
-    chosen_texts, rejected_texts = scoring_texts(valid)
-    features = embed_texts(
-        backbone, chosen_texts + rejected_texts, max_length=config.max_length,
-        batch_size=config.batch_size, cache_dir=Path(cache_dir) if cache_dir else None, progress=progress,
-    )
-    return features[: len(valid)], features[len(valid):], backbone
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return embed_texts(backbone, texts, max_length=config.max_length, batch_size=config.batch_size,
+                           cache_dir=Path(cache_dir) if cache_dir else None, progress=progress)
+
+    n_pairs = len(valid)
+    if view == "transcript":
+        chosen_texts, rejected_texts = scoring_texts(valid)
+    else:
+        chosen_texts, rejected_texts = list(valid["chosen"]), list(valid["rejected"])
+    features = embed(chosen_texts + rejected_texts)
+    chosen, rejected = features[:n_pairs], features[n_pairs:]
+    if view == "response+prompt":
+        prompts = embed(list(valid["prompt"]))
+        chosen, rejected = np.hstack([chosen, prompts * chosen]), np.hstack([rejected, prompts * rejected])
+    return chosen, rejected, backbone
+
+
+def view_margins(views: list[tuple[np.ndarray, np.ndarray]], groups: dict[str, np.ndarray],
+                 head_config: HeadConfig, progress: bool = False) -> np.ndarray:
+    """Members of every feature view side by side, ``(n_pairs, members * len(views))``.
+
+    With one view the margins keep the raw reward scale. With several, each member's margins
+    are divided by their std over pairs, so every view votes on the same scale.
+    """
+    columns = [
+        ensemble_margins(chosen, rejected, groups, replace(head_config, seed=head_config.seed + 100 * number), progress)
+        for number, (chosen, rejected) in enumerate(views)
+    ]
+    if len(columns) == 1:
+        return columns[0]
+    return np.hstack([margins / np.maximum(margins.std(axis=0, keepdims=True), 1e-12) for margins in columns])
 
 
 def ensemble_margins(chosen: np.ndarray, rejected: np.ndarray, groups: dict[str, np.ndarray],

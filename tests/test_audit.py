@@ -44,7 +44,7 @@ def test_audit_ranks_planted_flips_first_when_the_reward_is_learnable():
     swap = (chosen - rejected) @ direction < 0
     chosen[swap], rejected[swap] = rejected[swap].copy(), chosen[swap].copy()
     groups = {"all": np.arange(600)}
-    result = audit_features(chosen, rejected, groups, ScoreConfig(members=4, folds=3, C=1.0), AuditConfig(rates=(0.2,)))
+    result = audit_features([(chosen, rejected)], groups, ScoreConfig(members=4, folds=3, C=1.0), AuditConfig(rates=(0.2,)))
     auroc = {row["detector"]: row["auroc"] for row in result["rows"]}
     assert auroc["rmclean"] > 0.85 and auroc["oracle"] > 0.85
     if result["cleanlab"]:
@@ -73,3 +73,27 @@ def test_cli_audit_writes_table_json_and_plot(real_data_env, tmp_path, capsys):
     assert result["source"]["subset"] == ["helpful-base"] and result["config"]["audit"]["rates"] == [0.25]
     assert "| rmclean in-sample |" in (out / "audit.md").read_text()
     assert (out / "audit.png").stat().st_size > 1000
+
+
+def test_two_noisy_views_of_one_reward_find_flips_better_together():
+    rng = np.random.default_rng(1)
+    latent_chosen, latent_rejected = rng.normal(size=(800, 8)), rng.normal(size=(800, 8))
+    direction = rng.normal(size=8)
+    swap = (latent_chosen - latent_rejected) @ direction < 0
+    latent_chosen[swap], latent_rejected[swap] = latent_rejected[swap].copy(), latent_chosen[swap].copy()
+
+    def view(seed):  # the same pairs seen through independent noise
+        noise = np.random.default_rng(seed)
+        return (latent_chosen + 1.5 * noise.normal(size=latent_chosen.shape),
+                latent_rejected + 1.5 * noise.normal(size=latent_rejected.shape))
+
+    first, second = view(10), view(11)
+    groups = {"all": np.arange(800)}
+    config = ScoreConfig(members=3, folds=3, C=1.0)
+
+    def auroc(views):
+        rows = audit_features(views, groups, config, AuditConfig(rates=(0.2,)))["rows"]
+        return next(row["auroc"] for row in rows if row["detector"] == "rmclean")
+
+    together = auroc([first, second])
+    assert together > auroc([first]) + 0.01 and together > auroc([second]) + 0.01

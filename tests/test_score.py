@@ -279,3 +279,33 @@ def test_dataset_smaller_than_the_fold_count_is_a_clear_error(cache_dir):
     rows = [{"prompt": f"q{i}", "chosen": f"fine answer {i}", "rejected": f"poor answer {i}"} for i in range(3)]
     with pytest.raises(ValueError, match="has 3 pairs, fewer than the 5 folds"):
         score(rmclean.load_pairs(rows), ScoreConfig(folds=5), cache_dir=cache_dir, progress=False)
+
+
+def test_feature_views(harmless_120, cache_dir):
+    from rmclean.score import pair_features
+
+    config = ScoreConfig(members=2, folds=2)
+    transcript, _, _ = pair_features(harmless_120, config, view="transcript", cache_dir=cache_dir, progress=False)
+    response, _, _ = pair_features(harmless_120, config, view="response", cache_dir=cache_dir, progress=False)
+    joint, _, _ = pair_features(harmless_120, config, view="response+prompt", cache_dir=cache_dir, progress=False)
+    assert transcript.shape == response.shape == (120, 384) and joint.shape == (120, 768)
+    np.testing.assert_array_equal(joint[:, :384], response)
+    assert not np.allclose(transcript, response)
+
+
+def test_several_views_train_their_own_members_on_one_scale(harmless_120, cache_dir):
+    config = ScoreConfig(members=3, folds=3, views=("transcript", "response+prompt"))
+    scores = score(harmless_120, config, cache_dir=cache_dir, progress=False)
+    assert scores.member_margins.shape == (120, 6)
+    np.testing.assert_allclose(scores.member_margins.std(axis=0), 1.0, rtol=1e-6)
+    assert scores.metadata["members"]["views"] == ["transcript", "response+prompt"]
+    assert scores.metadata["members"]["scale"] == "per-member std"
+    single = score(harmless_120, ScoreConfig(members=3, folds=3), cache_dir=cache_dir, progress=False)
+    assert single.metadata["members"]["scale"] == "raw reward"
+    # the transcript view's members are the single-view members, rescaled
+    np.testing.assert_allclose(scores.member_margins[:, :3] * single.member_margins.std(axis=0), single.member_margins)
+
+
+def test_unknown_view_is_an_error():
+    with pytest.raises(ValueError, match="views must be a non-empty selection of transcript, response"):
+        ScoreConfig(views=("tokens",))
