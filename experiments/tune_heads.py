@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
 
     pairs, _ = rmclean.split_invalid(rmclean.load_pairs("hh-rlhf", limit=args.limit))
-    base = ScoreConfig(backbone=args.backbone, members=args.members)
+    base = ScoreConfig(backbone=args.backbone, members=args.members, views=("transcript",))
     features = {view: pair_features(pairs, base, view=view)[:2] for view in VIEWS}
     results = []
     for name, config in variants(base):

@@ -51,7 +51,7 @@ class ScoreConfig:
     seed: int = 0
     batch_size: int = 32
     reward_models: tuple[str, ...] = ()
-    views: tuple[str, ...] = ("transcript",)
+    views: tuple[str, ...] = ("transcript", "response+prompt")
     finetune_epochs: int = 1
     finetune_learning_rate: float = 1e-5
     finetune_batch_size: int = 8
@@ -84,6 +84,14 @@ class ScoreConfig:
         return HeadConfig(
             members=self.members, folds=self.folds, head=self.head, C=self.C, bootstrap=self.bootstrap, seed=self.seed
         )
+
+    @property
+    def raw_scale(self) -> bool:
+        """Whether all members share one reward scale (a single view of seeded heads, or
+        fine-tuned members alone); otherwise each member is divided by its std over pairs."""
+        if self.reward_models:
+            return False
+        return self.member_type == "finetune" or len(self.views) == 1
 
     @property
     def mode(self) -> str:
@@ -210,14 +218,17 @@ def score(pairs, config: ScoreConfig = ScoreConfig(), *, cache_dir: str | os.Pat
         ]
         timings["reward_models_s"] = time.perf_counter() - started
     margins = np.hstack(columns)
+    if not config.raw_scale:  # members of different models or views: one scale for all
+        margins = margins / np.maximum(margins.std(axis=0, keepdims=True), 1e-12)
 
     identical = np.array(["identical_responses" in flags for flags in valid["flags"]])
     metadata = {
         "config": asdict(config),
         "mode": config.mode,
-        "members": {"seeded": config.members, "member_type": config.member_type, "views": list(config.views),
+        "members": {"seeded": config.members, "member_type": config.member_type,
+                    "views": list(config.views) if config.member_type == "heads" and config.members else [],
                     "reward_models": list(config.reward_models),
-                    "scale": "per-member std" if len(config.views) > 1 else "raw reward"},
+                    "scale": "raw reward" if config.raw_scale else "per-member std"},
         "backbone": {"name": backbone.name, "path": backbone.path, "fingerprint": backbone.fingerprint(),
                      "pooling": backbone.pooling},
         "versions": _versions(),

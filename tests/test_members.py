@@ -43,7 +43,8 @@ def test_finetuned_members_learn_and_score_held_out_pairs(tiny_backbone, pairs):
                    progress=False)
     assert scores.member_margins.shape == (48, 2)
     assert (scores.member_margins > 0).mean() > 0.9  # each pair scored by members that never saw it
-    assert scores.metadata["members"] == {"seeded": 2, "member_type": "finetune", "reward_models": []}
+    assert scores.metadata["members"] == {"seeded": 2, "member_type": "finetune", "views": [],
+                                          "reward_models": [], "scale": "raw reward"}
     assert scores.metadata["collapsed_pairs"] is None
 
 
@@ -64,11 +65,14 @@ def test_reward_models_alone_and_mixed_with_seeded_members(trained_reward_model,
     assert (margins > 0).mean() > 0.9
     alone = score(pairs, ScoreConfig(members=0, reward_models=(trained_reward_model, trained_reward_model),
                                      max_length=32), progress=False)
-    np.testing.assert_allclose(alone.member_margins, np.stack([margins, margins], axis=1), rtol=1e-5)
+    # members of different models are put on one scale: each divided by its std over pairs
+    unit = margins / margins.std()
+    np.testing.assert_allclose(alone.member_margins, np.stack([unit, unit], axis=1), rtol=1e-5)
+    assert alone.metadata["members"]["scale"] == "per-member std"
     mixed = score(pairs, ScoreConfig(members=2, folds=2, reward_models=(trained_reward_model,), max_length=32,
                                      group_by=None), cache_dir=tmp_path, progress=False)
-    assert mixed.member_margins.shape == (48, 3)
-    np.testing.assert_allclose(mixed.member_margins[:, 2], margins, rtol=1e-5)
+    assert mixed.member_margins.shape == (48, 5)  # 2 members x 2 default views + 1 reward model
+    np.testing.assert_allclose(mixed.member_margins[:, 4], unit, rtol=1e-5)
 
 
 def test_one_reward_model_alone_is_not_an_ensemble(trained_reward_model):

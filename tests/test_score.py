@@ -16,7 +16,7 @@ from rmclean.cli import main
 from rmclean.ensemble import HeadConfig, member_margins
 from rmclean.score import ScoreConfig, Scores, score, scoring_text
 
-SMALL = ScoreConfig(members=3, folds=3)
+SMALL = ScoreConfig(members=3, folds=3, views=("transcript",))  # one view: raw reward scale
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +193,8 @@ def test_same_seed_same_numbers_and_cached_rerun_does_no_backbone_work(harmless_
     monkeypatch.setattr(backbones, "load_model", no_model)
     again = score(harmless_120, SMALL, cache_dir=cache_dir, progress=False)
     np.testing.assert_array_equal(first.member_margins, again.member_margins)
-    other = score(harmless_120, ScoreConfig(members=5, folds=1, head="mlp"), cache_dir=cache_dir, progress=False)
+    other_config = ScoreConfig(members=5, folds=1, head="mlp", views=("transcript",))
+    other = score(harmless_120, other_config, cache_dir=cache_dir, progress=False)
     assert other.member_margins.shape == (120, 5) and other.mode == "in-sample"
 
 
@@ -230,7 +231,7 @@ def test_cli_score_writes_the_spec_files(real_data_env, cache_dir, tmp_path, cap
     table = pq.read_table(out / "scores.parquet")
     assert table.column_names == ["pair_id", "strength_mean", "strength_std", "member_margins", "mode"]
     frame = table.to_pandas()
-    assert len(frame) == 120 and all(len(m) == 3 for m in frame["member_margins"])
+    assert len(frame) == 120 and all(len(m) == 6 for m in frame["member_margins"])  # 3 members x 2 default views
     summary = json.loads((out / "summary.json").read_text())
     assert summary["source"]["source"] == "hh-rlhf" and summary["source"]["subset"] == ["harmless-base"]
     assert summary["config"]["members"] == 3 and summary["mode"] == "3-fold"
@@ -300,7 +301,7 @@ def test_several_views_train_their_own_members_on_one_scale(harmless_120, cache_
     np.testing.assert_allclose(scores.member_margins.std(axis=0), 1.0, rtol=1e-6)
     assert scores.metadata["members"]["views"] == ["transcript", "response+prompt"]
     assert scores.metadata["members"]["scale"] == "per-member std"
-    single = score(harmless_120, ScoreConfig(members=3, folds=3), cache_dir=cache_dir, progress=False)
+    single = score(harmless_120, SMALL, cache_dir=cache_dir, progress=False)
     assert single.metadata["members"]["scale"] == "raw reward"
     # the transcript view's members are the single-view members, rescaled
     np.testing.assert_allclose(scores.member_margins[:, :3] * single.member_margins.std(axis=0), single.member_margins)
