@@ -34,7 +34,7 @@ def child(arguments: dict) -> dict:
 
     import rmclean
     from rmclean.audit import AuditConfig, audit_features, to_markdown
-    from rmclean.score import ScoreConfig, ensemble_margins, pair_features, training_groups
+    from rmclean.score import ScoreConfig, pair_features, training_groups, view_margins
 
     pairs = rmclean.load_pairs("hh-rlhf", limit=arguments["limit"])
     result: dict = {}
@@ -49,23 +49,32 @@ def child(arguments: dict) -> dict:
         config = ScoreConfig(backbone=arguments["backbone"])
         valid, _ = rmclean.split_invalid(pairs)
         features_started = time.perf_counter()
-        chosen, rejected, _ = pair_features(valid, config, cache_dir=arguments["cache"], progress=False)
+        views = [pair_features(valid, config, view=view, cache_dir=arguments["cache"], progress=False)[:2]
+                 for view in config.views]
         result["features_s"] = time.perf_counter() - features_started
-        result["texts"] = 2 * len(valid)
+        # texts embedded: chosen and rejected per view, plus the prompts of the response+prompt view
+        result["texts"] = sum(2 * len(valid) + (len(valid) if view == "response+prompt" else 0) for view in config.views)
+        result["pairs"] = len(valid)
         groups = training_groups(valid, config)
         heads_started = time.perf_counter()
         if arguments["step"] == "audit":
-            audited = audit_features([(chosen, rejected)], groups, config, AuditConfig(rates=(0.2,)))
+            audited = audit_features(views, groups, config, AuditConfig(rates=(0.2,)))
             result["audit"] = audited["rows"]
             result["audit_markdown"] = to_markdown(audited)
         else:
             head_config = dataclasses.replace(config.head_config(), members=arguments["members"])
-            margins = ensemble_margins(chosen, rejected, groups, head_config)
+            margins = view_margins(views, groups, head_config)
             result["accuracy"] = float((margins.mean(axis=1) > 0).mean())
         result["heads_s"] = time.perf_counter() - heads_started
     result["wall_s"] = time.perf_counter() - started
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
+
+
+def rmclean_default_views() -> tuple[str, ...]:
+    from rmclean.score import ScoreConfig
+
+    return ScoreConfig().views
 
 
 def run_child(arguments: dict) -> dict:
@@ -98,7 +107,8 @@ def main() -> None:
 
     report = {
         "backbone": args.backbone,
-        "pairs": one["texts"] // 2,
+        "pairs": one["pairs"],
+        "views": list(rmclean_default_views()),
         "members_1": one,
         "members_10": ten,
         "ratio_members_10_over_1": ten["wall_s"] / one["wall_s"],
@@ -114,14 +124,14 @@ def main() -> None:
     stem = RESULTS / f"bench_score_{args.backbone}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     markdown = "\n".join([
-        f"Scoring benchmark, {report['pairs']:,} hh-rlhf test pairs, backbone {args.backbone}, one run "
-        "(`python experiments/bench_score.py`)",
+        f"Scoring benchmark, {report['pairs']:,} hh-rlhf test pairs, backbone {args.backbone}, "
+        f"views {' + '.join(report['views'])}, one run (`python experiments/bench_score.py`)",
         "",
         "| measure | value |",
         "|---|---:|",
         f"| M = 10 / M = 1, end to end, first run | {report['ratio_members_10_over_1']:.2f}× |",
         f"| cached rerun / first run (M = 10, `rmclean score`) | {report['ratio_rerun_over_first']:.3f} |",
-        f"| embedding throughput | {report['embedding_texts_per_s']:.0f} texts/s |",
+        f"| embedding throughput (all views; {ten['texts']:,} texts) | {report['embedding_texts_per_s']:.0f} texts/s |",
         f"| heads, M = 10 × 5 folds, share of the first run | {ten['heads_s'] / ten['wall_s']:.1%} |",
         f"| peak memory M = 1 / M = 10 / rerun | {one['peak_rss_mb']:.0f} / {ten['peak_rss_mb']:.0f} / "
         f"{rerun['peak_rss_mb']:.0f} MB |",

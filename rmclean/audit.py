@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .files import write_text
 from .pairs import split_invalid
 from .score import ScoreConfig, pair_features, training_groups, view_margins
 
@@ -186,12 +187,10 @@ def write_audit(result: dict[str, Any], folder: str | os.PathLike) -> list[Path]
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in (("audit.json", json.dumps(result, indent=2, default=str) + "\n"), ("audit.md", to_markdown(result))):
-        partial = folder / (name + ".partial")
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, folder / name)
-        written.append(folder / name)
+    written = [
+        write_text(folder / "audit.json", json.dumps(result, indent=2, default=str) + "\n"),
+        write_text(folder / "audit.md", to_markdown(result)),
+    ]
     save(plot(result), folder / "audit.png")
     written.append(folder / "audit.png")
     return written

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from .files import atomic_path, write_text
+
 CACHE_ENV = "RMCLEAN_CACHE_DIR"
 FEATURE_VERSION = 1  # bump when pooling or text preparation changes: old caches are not reused
 SHARD_SIZE = 512  # texts per cache shard (written atomically as embedding goes)
@@ -220,7 +222,7 @@ class FeatureCache:
                 )
         else:
             self.folder.mkdir(parents=True, exist_ok=True)
-            _atomic_write(meta_file, json.dumps(expected, indent=2).encode())
+            write_text(meta_file, json.dumps(expected, indent=2))
 
     def missing(self, texts: list[str]) -> list[str]:
         """The distinct texts not in the cache yet, in first-seen order."""
@@ -257,16 +259,8 @@ class FeatureCache:
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as handle:
+    with atomic_path(path) as partial, open(partial, "wb") as handle:
         np.save(handle, array)
-    os.replace(partial, path)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
 
 
 def embed_texts(

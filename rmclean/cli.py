@@ -167,7 +167,7 @@ def _score_options() -> argparse.ArgumentParser:
                        help="heads on cached frozen features (CPU default) or full fine-tunes (GPU path)")
     group.add_argument("--head", choices=("linear", "mlp"), default=defaults.head)
     group.add_argument("--views", default=",".join(defaults.views), metavar="VIEW[,VIEW]",
-                       help=f"feature views, each with its own members: {', '.join(VIEWS)} (default: transcript)")
+                       help=f"feature views, each with its own members: {', '.join(VIEWS)} (default: {','.join(defaults.views)})")
     group.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens per text (left-truncated)")
     group.add_argument("--C", type=float, default=defaults.C, dest="C", help="inverse L2 strength of linear heads")
     group.add_argument("--no-bootstrap", action="store_true", help="train every member on all its fold's pairs")

@@ -18,6 +18,7 @@ import numpy as np
 
 from .backbones import embed_texts, model_folder, resolve_backbone
 from .ensemble import HeadConfig, member_margins
+from .files import atomic_path, write_text
 from .finetune import FinetuneConfig, finetune_margins
 from .formats import HH_ASSISTANT
 from .pairs import split_invalid
@@ -144,9 +145,8 @@ class Scores:
         table = pa.Table.from_pandas(self.to_pandas(), preserve_index=False)
         table = table.replace_schema_metadata({b"rmclean": json.dumps(self.metadata, default=str).encode()})
         target = folder / "scores.parquet"
-        partial = folder / "scores.parquet.partial"
-        pq.write_table(table, partial)
-        os.replace(partial, target)
+        with atomic_path(target) as partial:
+            pq.write_table(table, partial)
         return target
 
     @classmethod
@@ -355,11 +355,7 @@ def write_report(scores: Scores, folder: str | os.PathLike, source: dict[str, An
     (folder / "plots").mkdir(parents=True, exist_ok=True)
     written = {"scores": scores.save(folder)}
     summary = {"source": source, **scores.metadata}
-    target = folder / "summary.json"
-    partial = folder / "summary.json.partial"
-    partial.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(partial, target)
-    written["summary"] = target
+    written["summary"] = write_text(folder / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     strength_mean, strength_std = aggregate(scores.member_margins)
     for name, figure in (
         ("strength_hist", plots.strength_histogram(strength_mean)),
