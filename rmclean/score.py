@@ -23,7 +23,7 @@ from .finetune import FinetuneConfig, finetune_margins
 from .formats import HH_ASSISTANT
 from .pairs import split_invalid
 from .reward_models import reward_model_margins
-from .strength import aggregate, summarize
+from .strength import aggregate, scale_members, summarize
 
 POOLED_GROUP = "(pooled small sources)"
 
@@ -219,7 +219,7 @@ def score(pairs, config: ScoreConfig = ScoreConfig(), *, cache_dir: str | os.Pat
         timings["reward_models_s"] = time.perf_counter() - started
     margins = np.hstack(columns)
     if not config.raw_scale:  # members of different models or views: one scale for all
-        margins = margins / np.maximum(margins.std(axis=0, keepdims=True), 1e-12)
+        margins = scale_members(margins)
 
     identical = np.array(["identical_responses" in flags for flags in valid["flags"]])
     metadata = {
@@ -289,7 +289,7 @@ def view_margins(views: list[tuple[np.ndarray, np.ndarray]], groups: dict[str, n
     ]
     if len(columns) == 1:
         return columns[0]
-    return np.hstack([margins / np.maximum(margins.std(axis=0, keepdims=True), 1e-12) for margins in columns])
+    return scale_members(np.hstack(columns))
 
 
 def ensemble_margins(chosen: np.ndarray, rejected: np.ndarray, groups: dict[str, np.ndarray],

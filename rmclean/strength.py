@@ -17,6 +17,17 @@ def aggregate(member_margins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return margins.mean(axis=1), margins.std(axis=1, ddof=0)
 
 
+def scale_members(member_margins: np.ndarray) -> np.ndarray:
+    """Each member's margins divided by their std over pairs, so members of different models
+    or views vote on one scale. A member whose margins barely vary (std below 1e-6 of their
+    root-mean-square) is divided by the root-mean-square instead; an all-zero member stays 0."""
+    margins = np.asarray(member_margins, dtype=np.float64)
+    std = margins.std(axis=0)
+    rms = np.sqrt((margins**2).mean(axis=0))
+    scale = np.where(std > 1e-6 * rms, std, rms)
+    return margins / np.where(scale > 0, scale, 1.0)
+
+
 def decile_table(strength_mean: np.ndarray, strength_std: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
     """Pairs sorted by strength_mean and cut into ``bins`` equal groups (the paper's view:
     std is U-shaped over mean). One row per bin: range and averages of mean and std."""

@@ -11,6 +11,7 @@ from rmclean.backbones import BackboneError, resolve_backbone
 from rmclean.finetune import FinetuneConfig, train_reward_model
 from rmclean.reward_models import reward_model_margins
 from rmclean.score import ScoreConfig, score, scoring_texts
+from rmclean.strength import scale_members
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +66,10 @@ def test_reward_models_alone_and_mixed_with_seeded_members(trained_reward_model,
     assert (margins > 0).mean() > 0.9
     alone = score(pairs, ScoreConfig(members=0, reward_models=(trained_reward_model, trained_reward_model),
                                      max_length=32), progress=False)
-    # members of different models are put on one scale: each divided by its std over pairs
-    unit = margins / margins.std()
+    # members of different models are put on one scale (each divided by its std over pairs)
+    unit = scale_members(margins[:, None])[:, 0]
     np.testing.assert_allclose(alone.member_margins, np.stack([unit, unit], axis=1), rtol=1e-5)
+    assert np.isfinite(alone.member_margins).all()
     assert alone.metadata["members"]["scale"] == "per-member std"
     mixed = score(pairs, ScoreConfig(members=2, folds=2, reward_models=(trained_reward_model,), max_length=32,
                                      group_by=None), cache_dir=tmp_path, progress=False)

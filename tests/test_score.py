@@ -310,3 +310,16 @@ def test_several_views_train_their_own_members_on_one_scale(harmless_120, cache_
 def test_unknown_view_is_an_error():
     with pytest.raises(ValueError, match="views must be a non-empty selection of transcript, response"):
         ScoreConfig(views=("tokens",))
+
+
+def test_scale_members_puts_members_on_one_scale_without_blowing_up():
+    from rmclean.strength import scale_members
+
+    rng = np.random.default_rng(0)
+    varied = rng.normal(loc=0.3, scale=5.0, size=200)
+    constant = np.full(200, 2.5)
+    constant[0] += 1e-12  # varies only by rounding noise
+    scaled = scale_members(np.stack([varied, constant, np.zeros(200)], axis=1))
+    assert scaled[:, 0].std() == pytest.approx(1.0)
+    np.testing.assert_allclose(scaled[:, 1], 1.0, rtol=1e-9)  # root-mean-square, sign kept
+    np.testing.assert_array_equal(scaled[:, 2], 0.0)
