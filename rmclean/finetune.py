@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .ensemble import fold_assignment
+from .reward_models import prepare, rewards
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,9 @@ def finetune_margins(model_folder: str, chosen_texts: list[str], rejected_texts:
             order = rng.choice(train, size=train.size) if config.bootstrap else rng.permutation(train)
             tokenizer, model = _train_member(model_folder, chosen_texts, rejected_texts, order, config,
                                              seed=int(rng.integers(2**31)), progress=progress)
-            margins[held_out, m] = _margins(tokenizer, model, chosen_texts, rejected_texts, held_out, config)
+            scored = rewards(tokenizer, model, [chosen_texts[i] for i in held_out] + [rejected_texts[i] for i in held_out],
+                             config.max_length, config.batch_size)
+            margins[held_out, m] = scored[: held_out.size] - scored[held_out.size:]
     return margins
 
 
@@ -59,11 +62,7 @@ def _load(model_folder: str, seed: int):
     torch.manual_seed(seed)  # the new reward head's initialisation
     tokenizer = AutoTokenizer.from_pretrained(model_folder)
     model = AutoModelForSequenceClassification.from_pretrained(model_folder, num_labels=1)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.sep_token
-    model.config.pad_token_id = tokenizer.pad_token_id
-    tokenizer.truncation_side = "left"
-    tokenizer.padding_side = "right"
+    prepare(tokenizer, model)
     return tokenizer, model
 
 
@@ -103,19 +102,6 @@ def _encode_pairs(tokenizer, chosen_texts, rejected_texts, index, config: Finetu
                          padding=True, return_tensors="pt")
 
     return encode(chosen_texts), encode(rejected_texts)
-
-
-def _margins(tokenizer, model, chosen_texts, rejected_texts, index, config: FinetuneConfig) -> np.ndarray:
-    import torch
-
-    device = next(model.parameters()).device
-    result = np.zeros(index.size)
-    with torch.inference_mode():
-        for start in range(0, index.size, config.batch_size):
-            batch = index[start:start + config.batch_size]
-            chosen, rejected = (part.to(device) for part in _encode_pairs(tokenizer, chosen_texts, rejected_texts, batch, config))
-            result[start:start + batch.size] = (model(**chosen).logits[:, 0] - model(**rejected).logits[:, 0]).float().cpu().numpy()
-    return result
 
 
 def train_reward_model(model_folder: str, chosen_texts: list[str], rejected_texts: list[str],

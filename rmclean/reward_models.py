@@ -25,12 +25,19 @@ def load_reward_model(name_or_path: str):
         raise BackboneError(
             f"{name_or_path!r} has {model.config.num_labels} output labels; a reward model has exactly one"
         )
+    prepare(tokenizer, model)
+    model.eval()
+    return tokenizer, model
+
+
+def prepare(tokenizer, model) -> None:
+    """Set what batched reward scoring needs: a pad token the model knows (decoders pool
+    the last non-pad token) and left truncation, which keeps the response."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.sep_token
     model.config.pad_token_id = tokenizer.pad_token_id
     tokenizer.truncation_side = "left"
-    model.eval()
-    return tokenizer, model
+    tokenizer.padding_side = "right"
 
 
 def rewards(tokenizer, model, texts: list[str], max_length: int, batch_size: int = 16, progress: bool = False) -> np.ndarray:

@@ -202,12 +202,11 @@ def score(pairs, config: ScoreConfig = ScoreConfig(), *, cache_dir: str | os.Pat
         started = time.perf_counter()
         folder = str(model_folder(backbone, Path(cache_dir) if cache_dir else None))
         chosen_texts, rejected_texts = scoring_texts(valid)
-        finetuned = np.zeros((n_pairs, config.members))
-        for number, index in enumerate(groups.values()):
-            seeded = replace(config.finetune_config(), seed=config.seed + 1000 * number)
-            finetuned[index] = finetune_margins(folder, [chosen_texts[i] for i in index],
-                                                [rejected_texts[i] for i in index], seeded, progress=progress)
-        columns.append(finetuned)
+        columns.append(group_margins(
+            groups, n_pairs, config.finetune_config(),
+            lambda index, seeded: finetune_margins(folder, [chosen_texts[i] for i in index],
+                                                   [rejected_texts[i] for i in index], seeded, progress=progress),
+        ))
         timings["finetune_s"] = time.perf_counter() - started
     if config.reward_models:
         started = time.perf_counter()
@@ -294,17 +293,25 @@ def view_margins(views: list[tuple[np.ndarray, np.ndarray]], groups: dict[str, n
 
 def ensemble_margins(chosen: np.ndarray, rejected: np.ndarray, groups: dict[str, np.ndarray],
                      head_config: HeadConfig, progress: bool = False) -> np.ndarray:
-    """Per-member margins ``(n_pairs, members)``; every group trains its own members
-    (group g uses seed ``head_config.seed + 1000 * g``)."""
-    margins = np.zeros((chosen.shape[0], head_config.members))
+    """Per-member margins ``(n_pairs, members)`` of seeded heads; every group trains its own."""
+    return group_margins(
+        groups, chosen.shape[0], head_config,
+        lambda index, seeded: member_margins(chosen[index], rejected[index], seeded, progress=progress),
+    )
+
+
+def group_margins(groups: dict[str, np.ndarray], n_pairs: int, config, fit) -> np.ndarray:
+    """Margins ``(n_pairs, config.members)`` where every group trains its own members:
+    ``fit(index, config_for_group)`` returns the group's margins; group g uses seed
+    ``config.seed + 1000 * g``. ``config`` is a HeadConfig or FinetuneConfig."""
+    margins = np.zeros((n_pairs, config.members))
     for number, (name, index) in enumerate(groups.items()):
-        if index.size < max(head_config.folds, 2):
+        if index.size < max(config.folds, 2):
             raise ValueError(
-                f"source {name!r} has {index.size} pairs, fewer than the {head_config.folds} folds; "
+                f"source {name!r} has {index.size} pairs, fewer than the {config.folds} folds; "
                 "use fewer folds or group sources together (group_by=None)"
             )
-        seeded = replace(head_config, seed=head_config.seed + 1000 * number)
-        margins[index] = member_margins(chosen[index], rejected[index], seeded, progress=progress)
+        margins[index] = fit(index, replace(config, seed=config.seed + 1000 * number))
     return margins
 
 
