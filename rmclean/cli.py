@@ -15,19 +15,20 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
+from .denoise import METHODS, DenoiseConfig, apply_actions, denoise_summary
 from .describe import TEXT_FIELDS, describe_pairs
+from .export import FORMATS, write_denoised
 from .audit import AuditConfig, audit, write_audit
 from .audit import to_markdown as audit_markdown
-from .backbones import BackboneError
+from .backbones import PRECISIONS, BackboneError
 from .pairs import PairFormatError, load_pairs
-from .score import VIEWS, ScoreConfig, score, write_report
+from .score import VIEWS, Scores, ScoreConfig, score, write_report
 from .sources import NAMED_SOURCES, SourceNotFoundError
 
 EXIT_ERROR = 1
 
 #: Commands of the full product that are not built yet, and the issue that builds them.
 PLANNED: dict[str, int | None] = {
-    "denoise": 4,
     "train-rm": 5,
     "compare": 5,
     "check": 6,
@@ -91,12 +92,33 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--out", metavar="DIR", default="audit", help="output folder (default: audit)")
     audit.set_defaults(run=_run_audit)
 
-    denoise = commands.add_parser("denoise", help="apply a denoising method to scored pairs (planned)")
-    denoise.add_argument("scores", metavar="SCORES_DIR")
-    denoise.add_argument("--method", default="flip")
-    denoise.add_argument("--select", default="fraction:0.1")
-    denoise.add_argument("--format", choices=("canonical", "trl", "openrlhf", "moss"), default="canonical")
-    denoise.add_argument("--out", metavar="DIR")
+    denoise = commands.add_parser(
+        "denoise", help="apply a denoising method to scored pairs",
+        description="Read a folder written by `rmclean score`, reload the pairs it scored, apply a "
+        "denoising method and write the cleaned dataset (cleaned.jsonl, cleaned.parquet, cleaned/), "
+        "dropped and invalid rows (dropped.jsonl) and summary.json.",
+    )
+    denoise.add_argument("scores", metavar="SCORES_DIR", help="a folder written by rmclean score")
+    denoise.add_argument("--method", choices=METHODS, default="flip", help="denoising method (default flip)")
+    denoise.add_argument("--select", metavar="RULE", default=None,
+                         help="fraction:F, negative, zscore:Z or ambiguous:LO,HI (default fraction:0.1; "
+                         "margin alone takes none)")
+    denoise.add_argument("--alpha", default="0.1", metavar="A",
+                         help="soft-label smoothing: a constant in [0, 1), or 'members' / 'normal' for a "
+                         "per-pair value from the ensemble (default 0.1)")
+    denoise.add_argument("--margin-scale", type=float, default=1.0, help="margin = clip(scale * strength_mean, 0, max)")
+    denoise.add_argument("--margin-max", type=float, default=1.0, help="largest margin (default 1.0)")
+    denoise.add_argument("--format", choices=FORMATS, default="input",
+                         help="columns of the cleaned files (default input: as the input held them)")
+    denoise.add_argument("--source", metavar="SOURCE",
+                         help="load the pairs from SOURCE instead of the source the scores folder records")
+    denoise.add_argument("--allow-missing", action="store_true",
+                         help="accept scores that cover only part of the pairs; unmatched pairs are written "
+                         "as invalid and reported")
+    denoise.add_argument("--examples", type=int, default=0, metavar="N",
+                         help="print N changed pairs (the lowest strength first)")
+    denoise.add_argument("--out", metavar="DIR", default="denoised", help="output folder (default: denoised)")
+    denoise.set_defaults(run=_run_denoise)
 
     check = commands.add_parser("check", help="check labels against an LLM judge (planned)")
     check.add_argument("scores", metavar="SCORES_DIR")
@@ -169,6 +191,8 @@ def _score_options() -> argparse.ArgumentParser:
     group.add_argument("--views", default=",".join(defaults.views), metavar="VIEW[,VIEW]",
                        help=f"feature views, each with its own members: {', '.join(VIEWS)} (default: {','.join(defaults.views)})")
     group.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens per text (left-truncated)")
+    group.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
+                       help="backbone precision: auto = bfloat16 where the hardware has it natively, else float32")
     group.add_argument("--C", type=float, default=defaults.C, dest="C", help="inverse L2 strength of linear heads")
     group.add_argument("--no-bootstrap", action="store_true", help="train every member on all its fold's pairs")
     group.add_argument("--group-by", default=defaults.group_by, help="column whose values get their own members ('none': one pool)")
@@ -186,7 +210,8 @@ def _score_options() -> argparse.ArgumentParser:
 def score_config(args: argparse.Namespace) -> ScoreConfig:
     """The ScoreConfig the ensemble options describe."""
     return ScoreConfig(
-        backbone=args.backbone, max_length=args.max_length, members=args.members, folds=args.folds,
+        backbone=args.backbone, max_length=args.max_length, precision=args.precision,
+        members=args.members, folds=args.folds,
         member_type=args.member_type, head=args.head, C=args.C, bootstrap=not args.no_bootstrap,
         group_by=None if str(args.group_by).lower() == "none" else args.group_by, seed=args.seed,
         reward_models=tuple(args.reward_model), views=tuple(v for v in args.views.split(",") if v),
@@ -251,6 +276,55 @@ def _run_audit(args: argparse.Namespace) -> int:
         print("(cleanlab is not installed: pip install cleanlab, or rmclean[audit], to add its row)")
     print("wrote " + ", ".join(str(path) for path in written))
     return 0
+
+
+def _run_denoise(args: argparse.Namespace) -> int:
+    folder = Path(args.scores)
+    if not (folder / "scores.parquet").is_file():
+        raise ValueError(f"{folder} holds no scores.parquet: pass a folder written by `rmclean score`")
+    scores = Scores.load(folder)
+    if args.source is not None:
+        pairs = load_pairs(args.source)
+    else:
+        summary_file = folder / "summary.json"
+        recorded = json.loads(summary_file.read_text()).get("source") if summary_file.is_file() else None
+        if not recorded:
+            raise ValueError(f"{folder}/summary.json does not record the source it scored: pass --source SOURCE")
+        loading = dict(recorded)
+        pairs = load_pairs(loading.pop("source"), **loading)
+    alpha: float | str = args.alpha if args.alpha in ("members", "normal") else float(args.alpha)
+    config = DenoiseConfig(method=args.method, select=args.select, alpha=alpha,
+                           margin_scale=args.margin_scale, margin_max=args.margin_max)
+    result = apply_actions(pairs, scores, config, allow_missing=args.allow_missing)
+    summary = denoise_summary(result, config, scores)
+    summary["scores_dir"] = str(folder.resolve())
+    written = write_denoised(result, summary, args.out, args.format)
+    counts = ", ".join(f"{name} {count:,}" for name, count in summary["counts"].items())
+    print(f"{args.method} ({config.rule or 'every pair'}) on {summary['rows']:,} rows: {counts}")
+    unmatched = sum(reason == "no score for this pair (allow_missing)" for reason in result["reason"])
+    if unmatched:
+        print(f"{unmatched:,} pair(s) had no score and were written as invalid (--allow-missing)")
+    if args.examples > 0:
+        print(format_denoise_examples(result, args.examples))
+    print("wrote " + ", ".join(str(path) for path in written.values()))
+    return 0
+
+
+def format_denoise_examples(result, count: int) -> str:
+    """The ``count`` changed pairs of lowest original strength, with their texts cut short."""
+    changed = [i for i, action in enumerate(result["action"]) if action in ("flip", "drop", "soften")]
+    original = {i: result[i]["strength_mean"] * (-1 if result[i]["action"] == "flip" else 1) for i in changed}
+    lines = []
+    for number, index in enumerate(sorted(changed, key=original.get)[:count], 1):
+        row = result[index]
+        lines.append(f"[{number}] {row['action']} {row['source']} row {row['row']}  id {row['pair_id']}  "
+                     f"strength_mean {original[index]:.3f} (std {row['strength_std']:.3f})")
+        was_chosen, was_rejected = ((row["rejected"], row["chosen"]) if row["action"] == "flip"
+                                    else (row["chosen"], row["rejected"]))
+        lines.append(f"    prompt:          {_clip(row['prompt'], tail=True)}")
+        lines.append(f"    labelled better: {_clip(was_chosen)}")
+        lines.append(f"    labelled worse:  {_clip(was_rejected)}")
+    return "\n".join(lines)
 
 
 def recorded_source(source: str, loading: dict[str, Any]) -> dict[str, Any]:

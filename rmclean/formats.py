@@ -85,6 +85,16 @@ class KeyMap:
     label_map: Mapping[Any, str] | None = None
 
 
+#: How a row held its pair (the ``input_format`` column); exports can write it back that way.
+INPUT_FORMATS = {
+    "transcript": "chosen/rejected hold whole texts, the prompt implicit (hh-rlhf)",
+    "prompt": "explicit prompt, chosen and rejected texts (TRL explicit prompt)",
+    "messages": "lists of role/content messages (TRL conversational)",
+    "turns": "lists of alternating turns (MOSS-RLHF)",
+    "judgement": "two responses and a label",
+}
+
+
 @dataclass
 class Pair:
     """A canonical pair before it gets its id (see :func:`pair_id`)."""
@@ -94,6 +104,7 @@ class Pair:
     rejected: str
     flags: list[str] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
+    input_format: str = "prompt"
 
 
 def pair_id(prompt: str, chosen: str, rejected: str) -> str:
@@ -195,8 +206,9 @@ def _from_text(prompt: Any, chosen: str, rejected: str, prompt_key: str | None) 
         return Pair(prompt, chosen, rejected)
     if HH_ASSISTANT in chosen and HH_ASSISTANT in rejected:
         prompt, chosen_response, rejected_response, different = split_hh(chosen, rejected)
-        return Pair(prompt, chosen_response, rejected_response, [FLAG_DIFFERENT_HISTORY] if different else [])
-    return Pair("", chosen, rejected)
+        return Pair(prompt, chosen_response, rejected_response, [FLAG_DIFFERENT_HISTORY] if different else [],
+                    input_format="transcript")
+    return Pair("", chosen, rejected, input_format="transcript")
 
 
 def _from_turns(chosen: list[str], rejected: list[str]) -> Pair:
@@ -208,7 +220,7 @@ def _from_turns(chosen: list[str], rejected: list[str]) -> Pair:
         ) + f"{HH_ASSISTANT} {turns[-1]}"
 
     prompt, chosen_response, rejected_response, _ = split_hh(transcript(chosen), transcript(rejected))
-    pair = Pair(prompt, chosen_response, rejected_response)
+    pair = Pair(prompt, chosen_response, rejected_response, input_format="turns")
     if chosen[:-1] != rejected[:-1]:
         pair.flags.append(FLAG_DIFFERENT_HISTORY)
     return pair
@@ -242,7 +254,8 @@ def _from_messages(
     history = full_chosen[:shared]
     different = full_chosen[:-1] != full_rejected[:-1]
     if not answers_at(shared):  # no shared dialogue at all: keep both conversations whole
-        return Pair("", render_messages(full_chosen), render_messages(full_rejected), [FLAG_DIFFERENT_HISTORY])
+        return Pair("", render_messages(full_chosen), render_messages(full_rejected), [FLAG_DIFFERENT_HISTORY],
+                    input_format="messages")
     if chat_template is None:
         text_prompt = render_messages(history) + HH_ASSISTANT
         chosen_text = f" {full_chosen[shared]['content']}" + render_messages(full_chosen[shared + 1:])
@@ -251,7 +264,8 @@ def _from_messages(
         text_prompt = chat_template.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
         chosen_text = _template_tail(chat_template, full_chosen, text_prompt, shared)
         rejected_text = _template_tail(chat_template, full_rejected, text_prompt, shared)
-    return Pair(text_prompt, chosen_text, rejected_text, [FLAG_DIFFERENT_HISTORY] if different else [])
+    return Pair(text_prompt, chosen_text, rejected_text, [FLAG_DIFFERENT_HISTORY] if different else [],
+                input_format="messages")
 
 
 def _template_tail(tokenizer: Any, messages: list, prompt: str, shared: int) -> str:
@@ -281,7 +295,7 @@ def _from_judgement(
     verdict = _parse_label(raw_label, label_key, keys.label_map, zero_based=first_key == "response 1")
     prompt, prompt_keys = _judgement_prompt(row, keys)
     chosen, rejected = (second, first) if verdict == SECOND else (first, second)
-    pair = Pair(prompt, chosen, rejected, [FLAG_TIE] if verdict == TIE else [])
+    pair = Pair(prompt, chosen, rejected, [FLAG_TIE] if verdict == TIE else [], input_format="judgement")
     pair.extras = {"original_label": str(raw_label)}
     return pair, {first_key, second_key, label_key} | prompt_keys
 

@@ -13,6 +13,8 @@ source     where the pair came from: ``hh-rlhf/harmless-base/test``, a file path
 row        0-based index of the record in its file (or dataset)
 flags      list of reasons the pair is suspicious by construction (see ``formats.FLAG_*``)
 error      ``None``, or why the row could not become a pair (``on_error="skip"``)
+input_format how the row held its pair (``formats.INPUT_FORMATS``): ``transcript``,
+           ``prompt``, ``messages``, ``turns`` or ``judgement``; ``None`` for invalid rows
 ========== ==============================================================================
 
 followed by any input fields the format did not consume (strength columns, labels,
@@ -34,7 +36,7 @@ from .formats import FLAG_DUPLICATE, FLAG_INVALID, KeyMap, RowError, convert_row
 from .readers import ReadError, Record, iter_rows, read_file, suffix_of
 from .sources import NAMED_SOURCES, SourceNotFoundError, named_source, resolve
 
-CANONICAL_COLUMNS = ("pair_id", "prompt", "chosen", "rejected", "source", "row", "flags", "error")
+CANONICAL_COLUMNS = ("pair_id", "prompt", "chosen", "rejected", "source", "row", "flags", "error", "input_format")
 
 _CANONICAL_TYPES = {
     "pair_id": pa.string(),
@@ -45,6 +47,7 @@ _CANONICAL_TYPES = {
     "row": pa.int64(),
     "flags": pa.list_(pa.string()),
     "error": pa.string(),
+    "input_format": pa.string(),
 }
 
 _KEY_ARGUMENTS = {"prompt_key", "chosen_key", "rejected_key", "label_key", "response_keys", "label_map"}
@@ -317,6 +320,7 @@ def _convert(
                 "row": record.index,
                 "flags": pair.flags,
                 "error": None,
+                "input_format": pair.input_format,
                 "extras": pair.extras,
             }
 
@@ -333,6 +337,7 @@ def _invalid(stream: _Stream, record: Record, field: str | None, message: str, o
         "row": record.index,
         "flags": [FLAG_INVALID],
         "error": f"{record.location}: {message}",
+        "input_format": None,
         "extras": {},
     }
 

@@ -41,6 +41,7 @@ class ScoreConfig:
 
     backbone: str = "minilm"
     max_length: int = 256
+    precision: str = "auto"
     members: int = 10
     folds: int = 5
     member_type: str = "heads"
@@ -260,7 +261,8 @@ def pair_features(valid, config: ScoreConfig, *, view: str = "transcript",
 
     def embed(texts: list[str]) -> np.ndarray:
         return embed_texts(backbone, texts, max_length=config.max_length, batch_size=config.batch_size,
-                           cache_dir=Path(cache_dir) if cache_dir else None, progress=progress)
+                           cache_dir=Path(cache_dir) if cache_dir else None, progress=progress,
+                           precision=config.precision)
 
     n_pairs = len(valid)
     if view == "transcript":

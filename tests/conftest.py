@@ -50,3 +50,19 @@ def hermetic(monkeypatch: pytest.MonkeyPatch) -> None:
 
     # huggingface_hub reads HF_HUB_OFFLINE once, at import time; flip the constant it checks.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> str:
+    """A one-layer BERT with MiniLM's tokenizer, saved like any HF model folder."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from rmclean.backbones import resolve_backbone
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("minilm").path)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)

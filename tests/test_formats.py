@@ -835,3 +835,20 @@ def test_dataset_dict_folder_unknown_split_raises(tmp_path):
     datasets.DatasetDict({"train": datasets.Dataset.from_list(PAIRS)}).save_to_disk(str(path))
     with pytest.raises(ValueError, match="no split 'test'; choose from train"):
         rmclean.load_pairs(str(path), split="test")
+
+
+# --- the input format each row had ---------------------------------------------------------
+
+
+def test_input_format_records_how_each_row_held_its_pair(tmp_path):
+    rows = [
+        {"chosen": f"{H} hi{A} hello", "rejected": f"{H} hi{A} go away"},
+        {"prompt": "q", "chosen": "a", "rejected": "b"},
+        {"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+         "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]},
+        {"chosen": ["q", "a"], "rejected": ["q", "b"]},
+        {"question": "q", "response1": "a", "response2": "b", "label": 1},
+        {"prompt": "q", "chosen": 1, "rejected": "b"},
+    ]
+    ds = load_rows(tmp_path, rows, on_error="skip")
+    assert col(ds, "input_format") == ["transcript", "prompt", "messages", "turns", "judgement", None]

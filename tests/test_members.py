@@ -7,25 +7,11 @@ import numpy as np
 import pytest
 
 import rmclean
-from rmclean.backbones import BackboneError, resolve_backbone
+from rmclean.backbones import BackboneError
 from rmclean.finetune import FinetuneConfig, train_reward_model
 from rmclean.reward_models import reward_model_margins
 from rmclean.score import ScoreConfig, score, scoring_texts
 from rmclean.strength import scale_members
-
-
-@pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory):
-    """A one-layer BERT with MiniLM's tokenizer, saved like any HF model folder."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("minilm").path)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.fixture(scope="module")

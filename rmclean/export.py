@@ -1,0 +1,158 @@
+"""Writers for denoised pairs: profiles that other trainers read as-is, and the files
+``rmclean denoise`` writes (SPEC 4).
+
+Profiles (``format=``):
+
+=========== ===========================================================================
+input       chosen/rejected (and prompt) the way the input held them: whole transcripts
+            for hh-rlhf, prompt/chosen/rejected texts for TRL-style input, lists of
+            turns for MOSS input; other inputs as ``trl``
+trl         ``prompt``, ``chosen``, ``rejected`` texts (TRL's explicit-prompt format;
+            ``RewardTrainer`` reads the ``margin`` column)
+openrlhf    the same columns; OpenRLHF reads them with ``--prompt_key prompt
+            --chosen_key chosen --rejected_key rejected`` and takes ``margin`` as is
+moss        hh-rlhf-strength-cleaned's columns: ``chosen``/``rejected`` lists of turns,
+            ``mean preference difference``, ``std preference difference``, ``chosen score
+            list`` (each member's margin), ``rejected score list`` (zeros: members score
+            the difference), and ``GPT4 label`` (0/1 swapped for flips) when the input had one
+canonical   every column of :func:`rmclean.denoise`'s result
+=========== ===========================================================================
+
+Every profile also carries ``pair_id``, ``margin``, ``soft_label``, ``strength_mean``,
+``strength_std``, ``action`` and ``reason``. Flipped pairs are written with chosen and
+rejected swapped, so no consumer needs to know.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .files import atomic_path, write_text
+from .formats import HH_ASSISTANT
+
+FORMATS = ("input", "trl", "openrlhf", "moss", "canonical")
+TRAINABLE = ("keep", "flip", "soften")  # actions whose pairs go to the cleaned files
+DENOISE_COLUMNS = ("margin", "soft_label", "strength_mean", "strength_std", "action", "reason")
+MOSS_MEAN, MOSS_STD = "mean preference difference", "std preference difference"
+MOSS_CHOSEN_SCORES, MOSS_REJECTED_SCORES, MOSS_GPT4 = "chosen score list", "rejected score list", "GPT4 label"
+_TURN = re.compile(r"\n\n(Human|Assistant): ?")
+
+
+def input_profile(result) -> str:
+    """The profile that writes pairs back the way the input held them."""
+    found = {value for value, error in zip(result["input_format"], result["error"]) if error is None}
+    if found == {"transcript"}:
+        return "transcript"
+    if found == {"turns"}:
+        return "moss"
+    return "trl"
+
+
+def to_profile(result, format: str = "input"):
+    """Rows of a denoise result (all actions) as a ``pandas.DataFrame`` in ``format``."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}: use one of {', '.join(FORMATS)}")
+    frame = result.to_pandas()
+    if format == "canonical":
+        return frame
+    profile = input_profile(result) if format == "input" else format
+    prompts, chosen, rejected = frame["prompt"].tolist(), frame["chosen"].tolist(), frame["rejected"].tolist()
+    out: dict[str, Any] = {"pair_id": frame["pair_id"]}
+    if profile == "transcript":
+        out["chosen"] = [p + c for p, c in zip(prompts, chosen)]
+        out["rejected"] = [p + r for p, r in zip(prompts, rejected)]
+    elif profile in ("trl", "openrlhf"):
+        out.update(prompt=prompts, chosen=chosen, rejected=rejected)
+    else:
+        out["chosen"] = [to_turns(p, c) for p, c in zip(prompts, chosen)]
+        out["rejected"] = [to_turns(p, r) for p, r in zip(prompts, rejected)]
+        out[MOSS_MEAN] = frame["strength_mean"]
+        out[MOSS_STD] = frame["strength_std"]
+        margins = [None if m is None else [float(x) for x in m] for m in frame["member_margins"]]
+        out[MOSS_CHOSEN_SCORES] = margins
+        out[MOSS_REJECTED_SCORES] = [None if m is None else [0.0] * len(m) for m in margins]
+        if MOSS_GPT4 in frame:
+            flipped = (frame["action"] == "flip").tolist()
+            out[MOSS_GPT4] = [_flip_label(label) if f else label for label, f in zip(frame[MOSS_GPT4].tolist(), flipped)]
+    import pandas as pd
+
+    table = pd.DataFrame(out)
+    for column in DENOISE_COLUMNS:
+        table[column] = frame[column]
+    return table
+
+
+def to_turns(prompt: str, response: str) -> list[str]:
+    """A prompt and response as MOSS-RLHF's alternating turns (human first, response last).
+
+    hh-style text (``"\\n\\nHuman: ... \\n\\nAssistant:"``) is split at its speaker marks;
+    a plain instruction becomes one human turn.
+    """
+    if HH_ASSISTANT not in prompt:
+        return ([prompt] if prompt else []) + [response.strip()]
+    return _TURN.split(prompt + response)[2::2]  # [before, speaker, turn, speaker, turn, ...]
+
+
+def _flip_label(label: Any) -> Any:
+    """A 0/1 judge label read against the chosen response, after chosen and rejected swap."""
+    return 1 - label if label in (0, 1) and not isinstance(label, bool) else label
+
+
+def write_denoised(result, summary: dict[str, Any], folder: str | os.PathLike, format: str = "input") -> dict[str, Path]:
+    """Write ``cleaned.jsonl``, ``cleaned.parquet``, ``cleaned/`` (``save_to_disk``),
+    ``dropped.jsonl`` (dropped and invalid rows, with reasons) and ``summary.json`` into
+    ``folder``, each atomically. Returns the paths written."""
+    import datasets
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = to_profile(result, format)
+    trainable = table["action"].isin(TRAINABLE)
+    cleaned, dropped = table[trainable].reset_index(drop=True), table[~trainable].reset_index(drop=True)
+    written: dict[str, Path] = {}
+    written["cleaned.jsonl"] = _write_jsonl(cleaned, folder / "cleaned.jsonl")
+    written["dropped.jsonl"] = _write_jsonl(dropped, folder / "dropped.jsonl")
+    with atomic_path(folder / "cleaned.parquet") as partial:
+        cleaned.to_parquet(partial, index=False)
+    written["cleaned.parquet"] = folder / "cleaned.parquet"
+    target = folder / "cleaned"
+    partial_dir = folder / "cleaned.partial"
+    shutil.rmtree(partial_dir, ignore_errors=True)
+    datasets.Dataset.from_pandas(cleaned, preserve_index=False).save_to_disk(str(partial_dir))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial_dir, target)
+    written["cleaned"] = target
+    summary = {**summary, "format": format if format != "input" else f"input ({input_profile(result)})",
+               "written": {"cleaned": int(len(cleaned)), "dropped_or_invalid": int(len(dropped))}}
+    written["summary.json"] = write_text(folder / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    return written
+
+
+def _write_jsonl(table, path: Path) -> Path:
+    with atomic_path(path) as partial, open(partial, "w", encoding="utf-8") as handle:
+        for record in table.to_dict(orient="records"):
+            handle.write(json.dumps(_plain(record), ensure_ascii=False) + "\n")
+    return path
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy: numpy scalars and arrays become Python numbers and lists, NaN None."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+__all__ = ["FORMATS", "to_profile", "to_turns", "write_denoised"]
