@@ -78,13 +78,23 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "rmclean").expanduser()
 
 
-def resolve_precision(precision: str, device: str = "cpu") -> str:
-    """``float32`` or ``bfloat16``: what ``precision`` (one of ``PRECISIONS``) means on ``device``."""
+def embedding_device() -> str:
+    """Where backbones run: ``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_precision(precision: str, device: str | None = None) -> str:
+    """``float32`` or ``bfloat16``: what ``precision`` (one of ``PRECISIONS``) means on
+    ``device`` (default: :func:`embedding_device`)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision != "auto":
         return precision
     import torch
+
+    device = device or embedding_device()
 
     if device.startswith("cuda"):
         native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -308,7 +318,7 @@ def embed_texts(
     """
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = embedding_device()
     precision = resolve_precision(precision, device)
     cache = FeatureCache(backbone, max_length, cache_dir, precision)
     todo = cache.missing(texts)
@@ -319,6 +329,8 @@ def embed_texts(
 
         tokenizer, model = load_model(backbone, cache_dir)
         model.to(device)
+        # a model with fewer positions than max_length reads the last tokens it can
+        max_length = min(max_length, getattr(model.config, "max_position_embeddings", None) or max_length)
         lengths = [len(ids) for ids in tokenizer(todo, truncation=True, max_length=max_length)["input_ids"]]
         order = np.argsort(lengths, kind="stable")[::-1]
         bar = tqdm(total=len(todo), desc=f"embedding with {backbone.name}", unit="text", disable=not progress)

@@ -189,7 +189,9 @@ def _score_options() -> argparse.ArgumentParser:
                        help="heads on cached frozen features (CPU default) or full fine-tunes (GPU path)")
     group.add_argument("--head", choices=("linear", "mlp"), default=defaults.head)
     group.add_argument("--views", default=",".join(defaults.views), metavar="VIEW[,VIEW]",
-                       help=f"feature views, each with its own members: {', '.join(VIEWS)} (default: {','.join(defaults.views)})")
+                       help=f"feature views, each with its own members: {', '.join(VIEWS)}, each optionally "
+                       f"BACKBONE:VIEW to mix backbones, e.g. transcript,smollm2:transcript "
+                       f"(default: {','.join(defaults.views)})")
     group.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens per text (left-truncated)")
     group.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
                        help="backbone precision: auto = bfloat16 where the hardware has it natively, else float32")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .backbones import embed_texts, model_folder, resolve_backbone
+from .backbones import PRECISIONS, embed_texts, model_folder, resolve_backbone, resolve_precision
 from .ensemble import HeadConfig, member_margins
 from .files import atomic_path, write_text
 from .finetune import FinetuneConfig, finetune_margins
@@ -31,7 +31,16 @@ POOLED_GROUP = "(pooled small sources)"
 #: ``transcript``: the dialogue ending in the response (left-truncated);
 #: ``response``: the response alone;
 #: ``response+prompt``: the response embedding and its elementwise product with the prompt's.
+#: A views entry may name its own backbone, ``"smollm2:transcript"``, so one ensemble can hold
+#: members over several backbones (their members share one scale, see ``scale_members``).
 VIEWS = ("transcript", "response", "response+prompt")
+
+
+def split_view(entry: str, default_backbone: str) -> tuple[str, str]:
+    """``(backbone, view)`` of a views entry: ``"response"`` uses ``default_backbone``,
+    ``"smollm2:transcript"`` names its own (the view follows the last colon)."""
+    backbone, _, view = entry.rpartition(":")
+    return (backbone or default_backbone), view
 
 
 @dataclass(frozen=True)
@@ -62,9 +71,12 @@ class ScoreConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "reward_models", tuple(self.reward_models))
         object.__setattr__(self, "views", tuple(self.views))
-        unknown = [view for view in self.views if view not in VIEWS]
+        unknown = [view for view in self.views if split_view(view, self.backbone)[1] not in VIEWS]
         if unknown or not self.views:
-            raise ValueError(f"views must be a non-empty selection of {', '.join(VIEWS)}, got {self.views}")
+            raise ValueError(f"views must be a non-empty selection of {', '.join(VIEWS)}, each optionally "
+                             f"BACKBONE:VIEW, got {self.views}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.members < 0 or self.members + len(self.reward_models) < 2:
             raise ValueError(
                 f"members must be at least 2 (the strength std needs two), got {self.members} seeded members"
@@ -229,8 +241,10 @@ def score(pairs, config: ScoreConfig = ScoreConfig(), *, cache_dir: str | os.Pat
                     "views": list(config.views) if config.member_type == "heads" and config.members else [],
                     "reward_models": list(config.reward_models),
                     "scale": "raw reward" if config.raw_scale else "per-member std"},
-        "backbone": {"name": backbone.name, "path": backbone.path, "fingerprint": backbone.fingerprint(),
-                     "pooling": backbone.pooling},
+        "backbone": _describe_backbone(backbone),
+        "precision": resolve_precision(config.precision),
+        "view_backbones": {view: _describe_backbone(resolve_backbone(split_view(view, config.backbone)[0]))
+                           for view in (config.views if config.member_type == "heads" and config.members else ())},
         "versions": _versions(),
         "pairs": int(len(pairs)),
         "scored": n_pairs,
@@ -256,8 +270,10 @@ def scoring_texts(valid) -> tuple[list[str], list[str]]:
 def pair_features(valid, config: ScoreConfig, *, view: str = "transcript",
                   cache_dir: str | os.PathLike | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray, Any]:
     """``(chosen_features, rejected_features, backbone)`` of valid pairs in one of
-    :data:`VIEWS`, each ``(n_pairs, dim)``, through the embedding cache."""
-    backbone = resolve_backbone(config.backbone)
+    :data:`VIEWS` (optionally ``BACKBONE:VIEW``, else of ``config.backbone``), each
+    ``(n_pairs, dim)``, through the embedding cache."""
+    backbone_name, view = split_view(view, config.backbone)
+    backbone = resolve_backbone(backbone_name)
 
     def embed(texts: list[str]) -> np.ndarray:
         return embed_texts(backbone, texts, max_length=config.max_length, batch_size=config.batch_size,
@@ -338,6 +354,11 @@ def training_groups(valid, config: ScoreConfig) -> dict[str, np.ndarray]:
         else:
             groups[POOLED_GROUP] = pooled
     return groups
+
+
+def _describe_backbone(backbone) -> dict[str, str]:
+    return {"name": backbone.name, "path": backbone.path, "fingerprint": backbone.fingerprint(),
+            "pooling": backbone.pooling}
 
 
 def _versions() -> dict[str, str]:

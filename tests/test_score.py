@@ -307,6 +307,36 @@ def test_several_views_train_their_own_members_on_one_scale(harmless_120, cache_
     np.testing.assert_allclose(scores.member_margins[:, :3] * single.member_margins.std(axis=0), single.member_margins)
 
 
+def test_views_can_name_their_backbone(harmless_120, cache_dir, tiny_backbone):
+    config = ScoreConfig(members=2, folds=2, views=("transcript", f"{tiny_backbone}:response"))
+    scores = score(harmless_120, config, cache_dir=cache_dir, progress=False)
+    assert scores.member_margins.shape == (120, 4)
+    backbones = scores.metadata["view_backbones"]
+    assert backbones["transcript"]["name"] == "minilm"
+    assert backbones[f"{tiny_backbone}:response"]["path"] == tiny_backbone
+    assert scores.metadata["precision"] in ("float32", "bfloat16")
+    with pytest.raises(ValueError, match="optionally BACKBONE:VIEW"):
+        ScoreConfig(views=("minilm:tokens",))
+
+
+def test_precision_has_its_own_cache_and_close_features(tmp_path, tiny_backbone):
+    backbone = resolve_backbone(tiny_backbone)
+    texts = ["\n\nHuman: hi\n\nAssistant: hello there", "\n\nHuman: and?\n\nAssistant: nothing"]
+    full = embed_texts(backbone, texts, 32, cache_dir=tmp_path, progress=False, precision="float32")
+    half = embed_texts(backbone, texts, 32, cache_dir=tmp_path, progress=False, precision="bfloat16")
+    assert FeatureCache(backbone, 32, tmp_path, "float32").folder != FeatureCache(backbone, 32, tmp_path, "bfloat16").folder
+    assert not FeatureCache(backbone, 32, tmp_path, "bfloat16").missing(texts)
+    cosine = (full * half).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(half, axis=1)
+    assert cosine.min() > 0.99
+    assert backbones.resolve_precision("auto") in ("float32", "bfloat16")
+    with pytest.raises(ValueError, match="precision must be one of auto, float32, bfloat16"):
+        ScoreConfig(precision="half")
+    # a cache written before precision was recorded holds float32 features and is reused
+    meta = FeatureCache(backbone, 32, tmp_path, "float32").folder / "meta.json"
+    meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "precision"}))
+    assert not FeatureCache(backbone, 32, tmp_path, "float32").missing(texts)
+
+
 def test_unknown_view_is_an_error():
     with pytest.raises(ValueError, match="views must be a non-empty selection of transcript, response"):
         ScoreConfig(views=("tokens",))
