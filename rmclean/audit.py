@@ -80,7 +80,7 @@ def audit_features(views: list[tuple[np.ndarray, np.ndarray]], groups: dict[str,
                    score_config: ScoreConfig, config: AuditConfig) -> dict[str, Any]:
     """The audit on feature views, each ``(chosen, rejected)`` of shape ``(n_pairs, dim)``:
     returns ``{"rows": [...], ...}`` with one row per (rate, detector): ``rate``, ``detector``,
-    ``auroc``, ``auprc``, ``precision_at_k``. cleanlab sees all views' features side by side."""
+    ``auroc``, ``auprc``, ``precision_at_k`` and ``auroc_by_group`` (per training group). cleanlab sees all views' features side by side."""
     heads = score_config.head_config()
     n_pairs = views[0][0].shape[0]
     clean_margins = view_margins(views, groups, heads).mean(axis=1)
@@ -104,7 +104,10 @@ def audit_features(views: list[tuple[np.ndarray, np.ndarray]], groups: dict[str,
             suspicion["cleanlab"] = cleanlab_scores
         for detector in DETECTORS:
             if detector in suspicion:
-                rows.append({"rate": rate, "detector": detector, **detection_metrics(flipped, suspicion[detector])})
+                by_group = {name: detection_metrics(flipped[index], suspicion[detector][index])["auroc"]
+                            for name, index in groups.items() if 0 < flipped[index].sum() < index.size}
+                rows.append({"rate": rate, "detector": detector, **detection_metrics(flipped, suspicion[detector]),
+                             "auroc_by_group": by_group})
     return {
         "config": {"score": asdict(score_config), "audit": asdict(config)},
         "cleanlab": _cleanlab_available(),

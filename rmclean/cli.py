@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -23,7 +24,7 @@ from .audit import to_markdown as audit_markdown
 from .backbones import PRECISIONS, BackboneError
 from .pairs import PairFormatError, load_pairs
 from .score import VIEWS, Scores, ScoreConfig, score, write_report
-from .sources import NAMED_SOURCES, SourceNotFoundError
+from .sources import DATA_DIR_ENV, NAMED_SOURCES, SourceNotFoundError
 
 EXIT_ERROR = 1
 
@@ -330,12 +331,14 @@ def format_denoise_examples(result, count: int) -> str:
 
 
 def recorded_source(source: str, loading: dict[str, Any]) -> dict[str, Any]:
-    """The ``load_pairs`` call that reproduces the pairs, with local paths made absolute so
-    the record works from any folder."""
+    """The ``load_pairs`` call that reproduces the pairs, with local paths made absolute (and
+    the data folder a named source was found in through ``$RMCLEAN_DATA_DIR``) so the record
+    works from any folder and shell."""
     def absolute(value: Any) -> Any:
         return str(Path(value).resolve()) if value is not None and Path(value).exists() else value
 
-    return {"source": absolute(source), **loading, "data_dir": absolute(loading.get("data_dir"))}
+    data_dir = loading.get("data_dir") or (os.environ.get(DATA_DIR_ENV) if source in NAMED_SOURCES else None)
+    return {"source": absolute(source), **loading, "data_dir": absolute(data_dir)}
 
 
 def format_score_summary(metadata: dict[str, Any], written: dict[str, Path]) -> str:

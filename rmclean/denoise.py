@@ -316,7 +316,8 @@ def denoise_summary(result, config: DenoiseConfig, scores: Scores | None = None)
         "strength_mean_of": {name: stats(original[actions == name]) for name in ACTIONS if name != "invalid"},
     }
     if config.uses_margin:
-        summary["margin"] = stats(np.array([np.nan if v is None else v for v in result["margin"]], dtype=np.float64))
+        margins = np.array([np.nan if v is None else v for v in result["margin"]], dtype=np.float64)
+        summary["margin"] = {**stats(margins), "positive": int(np.sum(margins > 0))}
     if config.method.startswith("soft-label"):
         soft = np.array([np.nan if v is None else v for v in result["soft_label"]], dtype=np.float64)
         summary["soft_label_of_softened"] = stats(soft[actions == "soften"])
