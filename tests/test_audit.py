@@ -43,10 +43,12 @@ def test_audit_ranks_planted_flips_first_when_the_reward_is_learnable():
     chosen, rejected = rng.normal(size=(600, 16)), rng.normal(size=(600, 16))
     swap = (chosen - rejected) @ direction < 0
     chosen[swap], rejected[swap] = rejected[swap].copy(), chosen[swap].copy()
-    groups = {"all": np.arange(600)}
+    groups = {"first": np.arange(300), "second": np.arange(300, 600)}
     result = audit_features([(chosen, rejected)], groups, ScoreConfig(members=4, folds=3, C=1.0), AuditConfig(rates=(0.2,)))
     auroc = {row["detector"]: row["auroc"] for row in result["rows"]}
     assert auroc["rmclean"] > 0.85 and auroc["oracle"] > 0.85
+    by_group = next(row for row in result["rows"] if row["detector"] == "rmclean")["auroc_by_group"]
+    assert set(by_group) == {"first", "second"} and min(by_group.values()) > 0.8
     if result["cleanlab"]:
         assert auroc["cleanlab"] > 0.8
 
