@@ -1,0 +1,1 @@
+"""The bundled trainers: reward-model losses (``losses``)."""
