@@ -295,7 +295,10 @@ def _run_denoise(args: argparse.Namespace) -> int:
             raise ValueError(f"{folder}/summary.json does not record the source it scored: pass --source SOURCE")
         loading = dict(recorded)
         pairs = load_pairs(loading.pop("source"), **loading)
-    alpha: float | str = args.alpha if args.alpha in ("members", "normal") else float(args.alpha)
+    try:
+        alpha: float | str = args.alpha if args.alpha in ("members", "normal") else float(args.alpha)
+    except ValueError:
+        raise ValueError(f"--alpha takes a number in [0, 1), 'members' or 'normal', not {args.alpha!r}") from None
     config = DenoiseConfig(method=args.method, select=args.select, alpha=alpha,
                            margin_scale=args.margin_scale, margin_max=args.margin_max)
     result = apply_actions(pairs, scores, config, allow_missing=args.allow_missing)

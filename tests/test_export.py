@@ -228,6 +228,8 @@ def test_cli_denoise_formats_and_bad_input(scored_folder, tmp_path, capsys, data
     assert "holds no scores.parquet" in capsys.readouterr().err
     assert main(["denoise", str(scored_folder), "--select", "fraction:2", "--out", str(tmp_path / "x")]) == 1
     assert "strictly between 0 and 1" in capsys.readouterr().err
+    assert main(["denoise", str(scored_folder), "--method", "soft-label", "--alpha", "lots", "--out", str(tmp_path / "x")]) == 1
+    assert "--alpha takes a number in [0, 1), 'members' or 'normal', not 'lots'" in capsys.readouterr().err
     # pairs the scores do not cover: an error, or with --allow-missing written as invalid and reported
     more = ["--source", str(data_dir / "hh-rlhf" / "harmless-base" / "test.jsonl.gz")]
     assert main(["denoise", str(scored_folder), *more, "--out", str(tmp_path / "x")]) == 1
