@@ -160,6 +160,47 @@ def soft_labels(member_margins: np.ndarray, alpha: float | str) -> np.ndarray:
     return ndtr(np.nan_to_num(z, nan=0.0))
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a method does to scored pairs, as arrays of shape ``(n_pairs,)``: boolean masks
+    ``selected``, ``flip``, ``drop``, ``soften``; ``margin`` (clipped strength after any flip;
+    0 unless the method uses margins); ``soft_label`` (1 unless softened); and the strength
+    (before any flip)."""
+
+    selected: np.ndarray
+    flip: np.ndarray
+    drop: np.ndarray
+    soften: np.ndarray
+    margin: np.ndarray
+    soft_label: np.ndarray
+    strength_mean: np.ndarray
+    strength_std: np.ndarray
+
+
+def plan(member_margins: np.ndarray, config: DenoiseConfig) -> Plan:
+    """Apply ``config`` to per-member margins ``(n_pairs, members)`` (all finite): the
+    array form of :func:`denoise`, for trainers and experiments. A rule that selects no
+    pair or every pair is an error."""
+    member_margins = np.asarray(member_margins, dtype=np.float64)
+    strength_mean, strength_std = member_margins.mean(axis=1), member_margins.std(axis=1)
+    n_pairs = strength_mean.size
+    selected = np.zeros(n_pairs, dtype=bool)
+    if config.rule is not None:
+        selected = select(strength_mean, strength_std, config.rule)
+        if not selected.any():
+            raise DenoiseError(f"the rule {config.rule} selects no pair of the {n_pairs} scored; choose a looser rule")
+        if selected.all():
+            raise DenoiseError(f"the rule {config.rule} selects all {n_pairs} scored pairs; choose a stricter rule")
+    flip = selected & config.method.startswith("flip")
+    drop = selected & (config.method == "drop")
+    soften = selected & config.method.startswith("soft-label")
+    oriented = np.where(flip, -strength_mean, strength_mean)
+    margin = (np.clip(config.margin_scale * oriented, 0.0, config.margin_max) if config.uses_margin
+              else np.zeros(n_pairs))
+    soft_label = np.where(soften, soft_labels(member_margins, config.alpha), 1.0)
+    return Plan(selected, flip, drop, soften, margin, soft_label, strength_mean, strength_std)
+
+
 def match_scores(pairs, scores: Scores, allow_missing: bool = False) -> tuple[np.ndarray, list[str]]:
     """Row of ``scores`` for each pair of ``pairs`` (-1 where it has none), and the scored
     pair_ids that match no pair. Mismatches are errors unless ``allow_missing``."""
@@ -216,29 +257,19 @@ def apply_actions(pairs, scores: Scores, config: DenoiseConfig, allow_missing: b
     if not scored.any():
         raise DenoiseError("no pair has a score: nothing to denoise")
     margins = scores.member_margins[rows[scored]]
-    strength_mean, strength_std = margins.mean(axis=1), margins.std(axis=1)
+    planned = plan(margins, config)
+    strength_mean, strength_std = planned.strength_mean, planned.strength_std
 
-    selected = np.zeros(n_rows, dtype=bool)
-    if config.rule is not None:
-        chosen_here = select(strength_mean, strength_std, config.rule)
-        if not chosen_here.any():
-            raise DenoiseError(f"the rule {config.rule} selects no pair of the {int(scored.sum())} scored; "
-                               "choose a looser rule")
-        if chosen_here.all():
-            raise DenoiseError(f"the rule {config.rule} selects all {int(scored.sum())} scored pairs; "
-                               "choose a stricter rule")
-        selected[scored] = chosen_here
-    flip = selected & config.method.startswith("flip")
-    drop = selected & (config.method == "drop")
-    soften = selected & config.method.startswith("soft-label")
+    def spread(values: np.ndarray, fill) -> np.ndarray:  # per scored pair -> per input row
+        out = np.full(n_rows, fill, dtype=values.dtype)
+        out[scored] = values
+        return out
 
-    mean_before = np.full(n_rows, np.nan)
-    std_out = np.full(n_rows, np.nan)
-    mean_before[scored], std_out[scored] = strength_mean, strength_std
+    selected, flip = spread(planned.selected, False), spread(planned.flip, False)
+    drop, soften = spread(planned.drop, False), spread(planned.soften, False)
+    mean_before, std_out = spread(strength_mean, np.nan), spread(strength_std, np.nan)
     mean_out = np.where(flip, -mean_before, mean_before)  # in the written orientation
-    soft = np.ones(n_rows)
-    soft[scored] = np.where(soften[scored], soft_labels(margins, config.alpha), 1.0)
-    margin = np.clip(config.margin_scale * mean_out, 0.0, config.margin_max)
+    soft, margin = spread(planned.soft_label, 1.0), spread(planned.margin, np.nan)
 
     action, reason = [], []
     for index in range(n_rows):
@@ -262,7 +293,7 @@ def apply_actions(pairs, scores: Scores, config: DenoiseConfig, allow_missing: b
     table["action"] = action
     table["reason"] = reason
     table["selected"] = selected
-    table["margin"] = [(float(m) if config.uses_margin else 0.0) if ok else None for m, ok in zip(margin, usable)]
+    table["margin"] = [float(m) if ok else None for m, ok in zip(margin, usable)]
     table["soft_label"] = [float(s) if ok else None for s, ok in zip(soft, scored)]
     table["strength_mean"] = [float(m) if ok else None for m, ok in zip(mean_out, scored)]
     table["strength_std"] = [float(s) if ok else None for s, ok in zip(std_out, scored)]
@@ -326,5 +357,5 @@ def denoise_summary(result, config: DenoiseConfig, scores: Scores | None = None)
     return summary
 
 
-__all__ = ["ACTIONS", "METHODS", "DenoiseConfig", "DenoiseError", "Selection", "apply_actions", "denoise",
-           "denoise_summary", "match_scores", "parse_selection", "select", "soft_labels"]
+__all__ = ["ACTIONS", "METHODS", "DenoiseConfig", "DenoiseError", "Plan", "Selection", "apply_actions", "denoise",
+           "denoise_summary", "match_scores", "parse_selection", "plan", "select", "soft_labels"]

@@ -272,6 +272,17 @@ def pair_features(valid, config: ScoreConfig, *, view: str = "transcript",
     """``(chosen_features, rejected_features, backbone)`` of valid pairs in one of
     :data:`VIEWS` (optionally ``BACKBONE:VIEW``, else of ``config.backbone``), each
     ``(n_pairs, dim)``, through the embedding cache."""
+    n_pairs = len(valid)
+    prompts = list(valid["prompt"])
+    features, backbone = response_features(prompts + prompts, list(valid["chosen"]) + list(valid["rejected"]),
+                                           config, view=view, cache_dir=cache_dir, progress=progress)
+    return features[:n_pairs], features[n_pairs:], backbone
+
+
+def response_features(prompts: list[str], responses: list[str], config: ScoreConfig, *, view: str = "transcript",
+                      cache_dir: str | os.PathLike | None = None, progress: bool = True) -> tuple[np.ndarray, Any]:
+    """``(features, backbone)``: one row per (prompt, response) in a view of :data:`VIEWS`
+    (optionally ``BACKBONE:VIEW``), shape ``(n_responses, dim)``, through the embedding cache."""
     backbone_name, view = split_view(view, config.backbone)
     backbone = resolve_backbone(backbone_name)
 
@@ -280,17 +291,13 @@ def pair_features(valid, config: ScoreConfig, *, view: str = "transcript",
                            cache_dir=Path(cache_dir) if cache_dir else None, progress=progress,
                            precision=config.precision)
 
-    n_pairs = len(valid)
     if view == "transcript":
-        chosen_texts, rejected_texts = scoring_texts(valid)
+        features = embed([scoring_text(p, r) for p, r in zip(prompts, responses)])
     else:
-        chosen_texts, rejected_texts = list(valid["chosen"]), list(valid["rejected"])
-    features = embed(chosen_texts + rejected_texts)
-    chosen, rejected = features[:n_pairs], features[n_pairs:]
+        features = embed(list(responses))
     if view == "response+prompt":
-        prompts = embed(list(valid["prompt"]))
-        chosen, rejected = np.hstack([chosen, prompts * chosen]), np.hstack([rejected, prompts * rejected])
-    return chosen, rejected, backbone
+        features = np.hstack([features, embed(list(prompts)) * features])
+    return features, backbone
 
 
 def view_margins(views: list[tuple[np.ndarray, np.ndarray]], groups: dict[str, np.ndarray],

@@ -1,0 +1,232 @@
+"""The bundled reward-model trainer: one reward head on cached frozen-backbone features,
+trained with any loss of :mod:`rmclean.train.losses` (the CPU path).
+
+A :class:`HeadRewardModel` scores a response given its prompt, ``reward(prompts,
+responses)``, from the same feature views the scorer uses (``transcript``,
+``response+prompt``, ...), standardized, through a linear or one-hidden-layer MLP head.
+It saves to a folder (``reward_model.json`` + ``head.pt``) that :meth:`HeadRewardModel.load`,
+``rmclean score --reward-model DIR`` and the PPO trainer read back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..files import atomic_path, write_text
+from ..score import ScoreConfig, response_features
+from .losses import LOSSES, preference_loss
+
+MODEL_FILE = "reward_model.json"
+WEIGHTS_FILE = "head.pt"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RewardTrainConfig:
+    """How to train one reward head. ``views`` are the scorer's feature views (each may name
+    its backbone, ``"smollm2:transcript"``), concatenated; ``weight_decay`` is AdamW's L2
+    pull, which plays the role of the scorer's strong regularisation."""
+
+    loss: str = "bt"
+    backbone: str = "minilm"
+    views: tuple[str, ...] = ("transcript", "response+prompt")
+    head: str = "linear"
+    hidden: int = 128
+    epochs: int = 40
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.1
+    batch_size: int = 256
+    max_length: int = 256
+    precision: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "views", tuple(self.views))
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}: use one of {', '.join(LOSSES)}")
+        if self.head not in ("linear", "mlp"):
+            raise ValueError(f"head must be 'linear' or 'mlp', got {self.head!r}")
+        for name in ("epochs", "batch_size", "hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        self.score_config()  # validates views, backbone names and precision
+
+    def score_config(self) -> ScoreConfig:
+        """The feature settings, as the scorer reads them."""
+        return ScoreConfig(backbone=self.backbone, views=self.views, max_length=self.max_length,
+                           precision=self.precision)
+
+
+@dataclass
+class HeadRewardModel:
+    """A reward head over frozen features: ``reward(prompts, responses)`` -> ``(n,)`` rewards
+    (logit scale: σ(r_a − r_b) is the modelled probability that a beats b)."""
+
+    config: RewardTrainConfig
+    feature_mean: np.ndarray
+    feature_scale: np.ndarray
+    module: Any  # torch.nn.Module mapping standardized features (n, dim) -> (n,)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def features(self, prompts: list[str], responses: list[str], *, cache_dir=None, progress: bool = False) -> np.ndarray:
+        """Raw (unstandardized) features of each (prompt, response), ``(n, dim)``."""
+        return np.hstack([
+            response_features(list(prompts), list(responses), self.config.score_config(), view=view,
+                              cache_dir=cache_dir, progress=progress)[0]
+            for view in self.config.views
+        ])
+
+    def reward_of_features(self, features: np.ndarray) -> np.ndarray:
+        import torch
+
+        standardized = (features - self.feature_mean) / self.feature_scale
+        with torch.inference_mode():
+            return self.module(torch.as_tensor(standardized, dtype=torch.float32)).double().numpy()
+
+    def reward(self, prompts: list[str] | str, responses: list[str] | str, *, cache_dir=None,
+               progress: bool = False) -> np.ndarray:
+        """Reward of each response to its prompt, shape ``(n,)`` (a single pair of strings
+        gives shape ``(1,)``)."""
+        if isinstance(prompts, str) and isinstance(responses, str):
+            prompts, responses = [prompts], [responses]
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        return self.reward_of_features(self.features(prompts, responses, cache_dir=cache_dir, progress=progress))
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        import torch
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / WEIGHTS_FILE) as partial:
+            torch.save(self.module.state_dict(), partial)
+        description = {
+            "format": "rmclean-head-reward-model", "version": FORMAT_VERSION, "config": asdict(self.config),
+            "feature_mean": self.feature_mean.tolist(), "feature_scale": self.feature_scale.tolist(),
+            "metadata": self.metadata,
+        }
+        write_text(folder / MODEL_FILE, json.dumps(description) + "\n")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "HeadRewardModel":
+        import torch
+
+        folder = Path(folder)
+        if not (folder / MODEL_FILE).is_file():
+            raise FileNotFoundError(f"{folder} holds no {MODEL_FILE}: not a reward model saved by rmclean train-rm")
+        description = json.loads((folder / MODEL_FILE).read_text())
+        if description.get("format") != "rmclean-head-reward-model" or description.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{folder / MODEL_FILE} is not a version-{FORMAT_VERSION} rmclean reward model")
+        config = RewardTrainConfig(**description["config"])
+        mean = np.asarray(description["feature_mean"])
+        module = build_head(config, mean.size)
+        module.load_state_dict(torch.load(folder / WEIGHTS_FILE, weights_only=True))
+        module.eval()
+        return cls(config, mean, np.asarray(description["feature_scale"]), module, description.get("metadata", {}))
+
+
+def is_head_reward_model(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder saved by :meth:`HeadRewardModel.save`."""
+    return (Path(path).expanduser() / MODEL_FILE).is_file()
+
+
+def build_head(config: RewardTrainConfig, dim: int):
+    """The head: standardized features ``(n, dim)`` -> rewards ``(n,)``."""
+    import torch
+
+    torch.manual_seed(config.seed)
+    if config.head == "linear":
+        layers = torch.nn.Linear(dim, 1)
+    else:
+        layers = torch.nn.Sequential(torch.nn.Linear(dim, config.hidden), torch.nn.GELU(),
+                                     torch.nn.Linear(config.hidden, 1))
+    return torch.nn.Sequential(layers, torch.nn.Flatten(0))
+
+
+def preference_metrics(delta: np.ndarray, bins: int = 10) -> dict[str, float]:
+    """Accuracy (Δ > 0), mean margin (mean Δ) and expected calibration error of σ(Δ) as the
+    probability that the labelled-better response wins (confidence max(p, 1 − p), ``bins``
+    equal-width bins over [0.5, 1])."""
+    delta = np.asarray(delta, dtype=np.float64)
+    probability = 1 / (1 + np.exp(-delta))
+    confidence = np.maximum(probability, 1 - probability)
+    correct = (delta > 0).astype(float)
+    edges = np.linspace(0.5, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    ece = sum(abs(correct[which == b].mean() - confidence[which == b].mean()) * np.mean(which == b)
+              for b in range(bins) if np.any(which == b))
+    return {"accuracy": float(correct.mean()), "mean_margin": float(delta.mean()), "calibration_error": float(ece),
+            "pairs": int(delta.size)}
+
+
+def train_head(chosen: np.ndarray, rejected: np.ndarray, config: RewardTrainConfig = RewardTrainConfig(), *,
+               margin: np.ndarray | None = None, soft_label: np.ndarray | None = None, weight: np.ndarray | None = None,
+               evals: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, eval_every: int = 1,
+               progress: bool = False) -> tuple[HeadRewardModel, dict[str, Any]]:
+    """Train a reward head on features ``chosen``/``rejected`` ``(n_pairs, dim)`` with
+    ``config.loss`` (reading ``margin`` / ``soft_label``, each ``(n_pairs,)``); ``weight``
+    (``(n_pairs,)``, e.g. 0 for dropped pairs) scales each pair's loss.
+
+    ``evals`` maps a name to test features ``(chosen, rejected)``, evaluated every
+    ``eval_every`` epochs. Returns the model and the curves
+    ``{"epochs": [...], "train_loss": [...], "eval": {name: [metrics, ...]}}``.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    n_pairs, dim = chosen.shape
+    if n_pairs == 0:
+        raise ValueError("no training pairs")
+    stacked = np.vstack([chosen, rejected])
+    mean = stacked.mean(axis=0)
+    scale = stacked.std(axis=0)
+    scale = np.where(scale > 1e-8 * max(float(scale.max()), 1e-30), scale, 1.0)
+    to_tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+    chosen_t, rejected_t = to_tensor((chosen - mean) / scale), to_tensor((rejected - mean) / scale)
+    margin_t = None if margin is None else to_tensor(margin)
+    soft_t = None if soft_label is None else to_tensor(soft_label)
+    weight_t = torch.ones(n_pairs) if weight is None else to_tensor(weight)
+    for name, values in (("margin", margin_t), ("soft_label", soft_t), ("weight", weight_t)):
+        if values is not None and (values.shape != (n_pairs,) or not torch.isfinite(values).all()):
+            raise ValueError(f"{name} must hold one finite number per pair ({n_pairs}), got shape {tuple(values.shape)}")
+
+    module = build_head(config, dim)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    model = HeadRewardModel(config, mean, scale, module)
+    curves: dict[str, Any] = {"epochs": [], "train_loss": [], "eval": {name: [] for name in (evals or {})}}
+    total_weight = float(weight_t.sum()) or 1.0
+    for epoch in tqdm(range(1, config.epochs + 1), desc="training reward head", disable=not progress):
+        module.train()
+        order = torch.randperm(n_pairs, generator=generator)
+        epoch_loss = 0.0
+        for start in range(0, n_pairs, config.batch_size):
+            index = order[start:start + config.batch_size]
+            delta = module(chosen_t[index]) - module(rejected_t[index])
+            losses = preference_loss(delta, config.loss, None if margin_t is None else margin_t[index],
+                                     None if soft_t is None else soft_t[index])
+            batch_weight = weight_t[index]
+            loss = (losses * batch_weight).sum() / batch_weight.sum().clamp_min(1e-12)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            epoch_loss += float((losses * batch_weight).sum().detach()) / total_weight
+        module.eval()
+        if epoch % eval_every == 0 or epoch == config.epochs:
+            curves["epochs"].append(epoch)
+            curves["train_loss"].append(epoch_loss)
+            for name, (test_chosen, test_rejected) in (evals or {}).items():
+                delta = model.reward_of_features(test_chosen) - model.reward_of_features(test_rejected)
+                curves["eval"][name].append(preference_metrics(delta))
+    return model, curves
+
+
+__all__ = ["HeadRewardModel", "RewardTrainConfig", "build_head", "is_head_reward_model", "preference_metrics",
+           "train_head"]
