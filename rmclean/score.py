@@ -22,7 +22,6 @@ from .files import atomic_path, write_text
 from .finetune import FinetuneConfig, finetune_margins
 from .formats import HH_ASSISTANT
 from .pairs import split_invalid
-from .reward_models import reward_model_margins
 from .strength import aggregate, scale_members, summarize
 
 POOLED_GROUP = "(pooled small sources)"
@@ -223,11 +222,9 @@ def score(pairs, config: ScoreConfig = ScoreConfig(), *, cache_dir: str | os.Pat
         timings["finetune_s"] = time.perf_counter() - started
     if config.reward_models:
         started = time.perf_counter()
-        chosen_texts, rejected_texts = scoring_texts(valid)
-        columns += [
-            reward_model_margins(name, chosen_texts, rejected_texts, config.max_length, progress=progress)[:, None]
-            for name in config.reward_models
-        ]
+        columns += [reward_model_pair_margins(name, valid, config.max_length, cache_dir=cache_dir,
+                                              progress=progress)[:, None]
+                    for name in config.reward_models]
         timings["reward_models_s"] = time.perf_counter() - started
     margins = np.hstack(columns)
     if not config.raw_scale:  # members of different models or views: one scale for all
@@ -256,6 +253,22 @@ def score(pairs, config: ScoreConfig = ScoreConfig(), *, cache_dir: str | os.Pat
         "summary": summarize(margins, list(valid["source"])),
     }
     return Scores(list(valid["pair_id"]), margins, config.mode, metadata)
+
+
+def reward_model_pair_margins(name: str, valid, max_length: int, *, cache_dir=None, progress: bool = False) -> np.ndarray:
+    """r(chosen) − r(rejected), ``(n_pairs,)``, of one reward model: a folder saved by
+    ``rmclean train-rm`` (a head on backbone features), or any HF sequence-classification
+    reward model reading the dialogue text."""
+    from .reward_models import reward_model_margins
+    from .train.reward import HeadRewardModel, is_head_reward_model
+
+    if is_head_reward_model(name):
+        model = HeadRewardModel.load(Path(name).expanduser())
+        prompts = list(valid["prompt"])
+        return (model.reward(prompts, list(valid["chosen"]), cache_dir=cache_dir, progress=progress)
+                - model.reward(prompts, list(valid["rejected"]), cache_dir=cache_dir, progress=progress))
+    chosen_texts, rejected_texts = scoring_texts(valid)
+    return reward_model_margins(name, chosen_texts, rejected_texts, max_length, progress=progress)
 
 
 def scoring_texts(valid) -> tuple[list[str], list[str]]:

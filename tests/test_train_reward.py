@@ -77,3 +77,45 @@ def test_bad_config_is_a_clear_error():
         RewardTrainConfig(loss="hinge")
     with pytest.raises(ValueError, match="head must be"):
         RewardTrainConfig(head="tree")
+
+
+# --- on real pairs: train, save, reward(prompt, response), and use as an ensemble member ------------
+
+
+@pytest.fixture(scope="module")
+def harmless(data_dir):
+    import rmclean
+
+    return rmclean.load_pairs("hh-rlhf", subset="harmless-base", limit=160, data_dir=data_dir)
+
+
+def test_train_on_real_pairs_save_and_score_with_it(harmless, tmp_path):
+    import rmclean
+    from rmclean.score import ScoreConfig, score
+    from rmclean.train.reward import train_reward_model
+
+    train, test = harmless.select(range(120)), harmless.select(range(120, 160))
+    config = RewardTrainConfig(epochs=10, views=("transcript",))
+    model, metrics = train_reward_model(train, config, evals={"held-out": test}, eval_every=5,
+                                        cache_dir=tmp_path / "cache", progress=False)
+    assert set(metrics["eval"]) == {"held-out"} and metrics["eval"]["held-out"]["pairs"] == 40
+    assert metrics["train"]["accuracy"] > 0.6  # it fits its training pairs
+    folder = model.save(tmp_path / "rm")
+    loaded = HeadRewardModel.load(folder)
+    one = loaded.reward(test["prompt"][0], test["chosen"][0], cache_dir=tmp_path / "cache")
+    assert one.shape == (1,) and np.isfinite(one).all()
+    delta = (loaded.reward(test["prompt"], test["chosen"], cache_dir=tmp_path / "cache")
+             - loaded.reward(test["prompt"], test["rejected"], cache_dir=tmp_path / "cache"))
+    assert preference_metrics(delta)["accuracy"] == pytest.approx(metrics["eval"]["held-out"]["accuracy"])
+    # the saved model is an ensemble member for rmclean score --reward-model
+    scores = score(test, ScoreConfig(members=0, reward_models=(str(folder), str(folder))),
+                   cache_dir=tmp_path / "cache", progress=False)
+    np.testing.assert_allclose(scores.member_margins[:, 0] * np.std(delta), delta, rtol=1e-5)
+    # a denoise export's columns reach the loss; dropped rows are not trained on
+    rows = [{"prompt": p, "chosen": c, "rejected": r, "margin": 0.5, "soft_label": 0.9, "action": a}
+            for p, c, r, a in zip(train["prompt"], train["chosen"], train["rejected"], ["keep"] * 100 + ["drop"] * 20)]
+    exported = rmclean.load_pairs(rows, allow_empty=True)  # hh has an empty final turn or two
+    _, margin_metrics = train_reward_model(exported, RewardTrainConfig(loss="soft-label+margin", epochs=2,
+                                                                       views=("transcript",)),
+                                           cache_dir=tmp_path / "cache", progress=False)
+    assert margin_metrics["train"]["pairs"] == 100

@@ -228,5 +228,70 @@ def train_head(chosen: np.ndarray, rejected: np.ndarray, config: RewardTrainConf
     return model, curves
 
 
-__all__ = ["HeadRewardModel", "RewardTrainConfig", "build_head", "is_head_reward_model", "preference_metrics",
-           "train_head"]
+def pair_matrix(pairs, config: RewardTrainConfig, *, cache_dir=None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Features ``(chosen, rejected)``, each ``(n_pairs, dim)``, of every view of ``config``
+    side by side, for the rows of ``pairs`` (valid rows only: see :func:`usable_pairs`)."""
+    from ..score import pair_features
+
+    views = [pair_features(pairs, config.score_config(), view=view, cache_dir=cache_dir, progress=progress)[:2]
+             for view in config.views]
+    return np.hstack([c for c, _ in views]), np.hstack([r for _, r in views])
+
+
+def usable_pairs(pairs):
+    """The rows a reward model trains on: valid rows, minus rows a denoise export marks
+    ``drop`` or ``invalid``."""
+    from ..pairs import split_invalid
+
+    valid, _ = split_invalid(pairs)
+    if "action" in valid.column_names:
+        valid = valid.filter(lambda action: action not in ("drop", "invalid"), input_columns="action")
+    return valid
+
+
+def train_reward_model(pairs, config: RewardTrainConfig = RewardTrainConfig(), *, evals: dict[str, Any] | None = None,
+                       eval_every: int = 5, cache_dir=None, progress: bool = True) -> tuple[HeadRewardModel, dict[str, Any]]:
+    """Train one reward head on ``pairs`` (from :func:`rmclean.load_pairs`; a denoise
+    export read back carries the ``margin`` and ``soft_label`` columns its loss reads) and
+    evaluate it on ``evals`` (name -> pairs) every ``eval_every`` epochs.
+
+    Returns the model and the metrics: ``{"eval": {name: {"accuracy", "mean_margin",
+    "calibration_error", "pairs"}}`` (final values), ``"curves"``, ``"train"``, ``"config"``.
+    """
+    train = usable_pairs(pairs)
+    if len(train) == 0:
+        raise ValueError("no usable training pairs (every row is invalid or dropped)")
+    chosen, rejected = pair_matrix(train, config, cache_dir=cache_dir, progress=progress)
+
+    def column(name: str) -> np.ndarray | None:
+        if name not in train.column_names:
+            return None
+        values = np.array([np.nan if v is None else v for v in train[name]], dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            row = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise ValueError(f"column '{name}' is empty or not a number at {train['source'][row]} row {train['row'][row]}")
+        return values
+
+    test_sets = {}
+    for name, test_pairs in (evals or {}).items():
+        valid = usable_pairs(test_pairs)
+        if len(valid) == 0:
+            raise ValueError(f"eval set {name!r} has no valid pairs")
+        test_sets[name] = pair_matrix(valid, config, cache_dir=cache_dir, progress=progress)
+    model, curves = train_head(chosen, rejected, config,
+                               margin=column("margin") if "margin" in config.loss else None,
+                               soft_label=column("soft_label") if config.loss.startswith("soft-label") else None,
+                               evals=test_sets, eval_every=eval_every, progress=progress)
+    train_delta = model.reward_of_features(chosen) - model.reward_of_features(rejected)
+    metrics = {
+        "eval": {name: values[-1] for name, values in curves["eval"].items()},
+        "train": {**preference_metrics(train_delta), "final_loss": curves["train_loss"][-1]},
+        "curves": curves,
+        "config": asdict(config),
+    }
+    model.metadata.update({"train_pairs": len(train), "eval": metrics["eval"]})
+    return model, metrics
+
+
+__all__ = ["HeadRewardModel", "RewardTrainConfig", "build_head", "is_head_reward_model", "pair_matrix",
+           "preference_metrics", "train_head", "train_reward_model", "usable_pairs"]
