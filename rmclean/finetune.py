@@ -1,7 +1,8 @@
 """Fully fine-tuned ensemble members (the GPU path), through ``accelerate``.
 
 Each member is the backbone with a one-logit sequence-classification head, fine-tuned with
-the Bradley–Terry loss on its fold's training pairs; members differ by seed (head
+the Bradley–Terry loss (or, for a single trained reward model, any loss of
+:mod:`rmclean.train.losses`) on its fold's training pairs; members differ by seed (head
 initialisation, data order, optional bootstrap). Dropout is off (training runs in eval
 mode): on CPU, dropout in train mode pushes attention onto a path twice as slow, and it adds
 noise the ensemble does not need. Data loaders go through ``Accelerator.prepare``, so
@@ -66,28 +67,37 @@ def _load(model_folder: str, seed: int):
     return tokenizer, model
 
 
-def _train_member(model_folder, chosen_texts, rejected_texts, order, config: FinetuneConfig, seed: int, progress: bool):
+def _train_member(model_folder, chosen_texts, rejected_texts, order, config: FinetuneConfig, seed: int, progress: bool,
+                  loss_name: str = "bt", margin: np.ndarray | None = None, soft_label: np.ndarray | None = None):
     import torch
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
+    from .train.losses import preference_loss
+
     tokenizer, model = _load(model_folder, seed)
     accelerator = Accelerator()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
+
+    def column(values, index):
+        return None if values is None else torch.as_tensor(np.asarray(values)[index], dtype=torch.float32,
+                                                           device=accelerator.device)
+
     loader = DataLoader(order.tolist(), batch_size=config.batch_size, shuffle=False,
-                        collate_fn=lambda index: _encode_pairs(tokenizer, chosen_texts, rejected_texts, index, config))
+                        collate_fn=lambda index: (*_encode_pairs(tokenizer, chosen_texts, rejected_texts, index, config),
+                                                  index))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     model.eval()  # dropout off; gradients still flow
     steps = 0
     total = config.epochs * len(loader) if config.max_steps is None else min(config.max_steps, config.epochs * len(loader))
     with tqdm(total=total, desc="fine-tuning member", disable=not progress) as bar:
         for _ in range(config.epochs):
-            for chosen, rejected in loader:
+            for chosen, rejected, index in loader:
                 if steps >= total:
                     break
-                margin = model(**chosen).logits[:, 0] - model(**rejected).logits[:, 0]
-                loss = -torch.nn.functional.logsigmoid(margin).mean()
+                delta = model(**chosen).logits[:, 0] - model(**rejected).logits[:, 0]
+                loss = preference_loss(delta, loss_name, column(margin, index), column(soft_label, index)).mean()
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
@@ -105,10 +115,13 @@ def _encode_pairs(tokenizer, chosen_texts, rejected_texts, index, config: Finetu
 
 
 def train_reward_model(model_folder: str, chosen_texts: list[str], rejected_texts: list[str],
-                       config: FinetuneConfig = FinetuneConfig(), progress: bool = False):
-    """Fine-tune one reward model on all pairs; returns ``(tokenizer, model)``, which
-    ``save_pretrained`` writes as a folder that ``--reward-model`` (and any HF code) loads."""
+                       config: FinetuneConfig = FinetuneConfig(), progress: bool = False, *, loss: str = "bt",
+                       margin: np.ndarray | None = None, soft_label: np.ndarray | None = None):
+    """Fine-tune one reward model on all pairs with ``loss`` (see :mod:`rmclean.train.losses`;
+    ``margin`` / ``soft_label`` per pair where it reads them); returns ``(tokenizer, model)``,
+    which ``save_pretrained`` writes as a folder that ``--reward-model`` (and any HF code) loads."""
     order = np.random.default_rng([config.seed, 5]).permutation(len(chosen_texts))
     tokenizer, model = _train_member(model_folder, chosen_texts, rejected_texts, order, config,
-                                     seed=config.seed, progress=progress)
+                                     seed=config.seed, progress=progress, loss_name=loss, margin=margin,
+                                     soft_label=soft_label)
     return tokenizer, model

@@ -119,3 +119,24 @@ def test_train_on_real_pairs_save_and_score_with_it(harmless, tmp_path):
                                                                        views=("transcript",)),
                                            cache_dir=tmp_path / "cache", progress=False)
     assert margin_metrics["train"]["pairs"] == 100
+
+
+def test_finetune_mode_with_a_margin_loss_saves_a_model_with_the_reward_api(tiny_backbone, tmp_path):
+    import rmclean
+    from rmclean.train.reward import FinetunedRewardModel, load_reward_model, save_reward_model, train_reward_model
+
+    rows = [{"prompt": f"question {i}", "chosen": f"a good and helpful answer {i}",
+             "rejected": f"a bad and rude answer {i}", "margin": 0.5} for i in range(40)]
+    pairs = rmclean.load_pairs(rows)
+    config = RewardTrainConfig(mode="finetune", loss="margin", backbone=tiny_backbone, epochs=6, learning_rate=3e-3,
+                               batch_size=8, max_length=32)
+    model, metrics = train_reward_model(pairs.select(range(32)), config, evals={"held-out": pairs.select(range(32, 40))},
+                                        progress=False)
+    assert metrics["eval"]["held-out"]["accuracy"] == 1.0 and metrics["eval"]["held-out"]["mean_margin"] > 0
+    folder = save_reward_model(model, tmp_path / "model")
+    loaded = load_reward_model(folder)
+    assert isinstance(loaded, FinetunedRewardModel) and loaded.max_length == 32
+    good, bad = loaded.reward(["question 99"] * 2, ["a good and helpful answer 99", "a bad and rude answer 99"])
+    assert good > bad
+    with pytest.raises(FileNotFoundError, match="not a reward model saved by rmclean train-rm"):
+        load_reward_model(tmp_path)

@@ -23,17 +23,23 @@ from ..score import ScoreConfig, response_features
 from .losses import LOSSES, preference_loss
 
 MODEL_FILE = "reward_model.json"
+FINETUNED_FILE = "rmclean_reward.json"  # settings next to a fine-tuned HF reward model
 WEIGHTS_FILE = "head.pt"
 FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
 class RewardTrainConfig:
-    """How to train one reward head. ``views`` are the scorer's feature views (each may name
-    its backbone, ``"smollm2:transcript"``), concatenated; ``weight_decay`` is AdamW's L2
-    pull, which plays the role of the scorer's strong regularisation."""
+    """How to train one reward model. ``mode="heads"`` (default, CPU): a head on frozen
+    features of ``views`` (the scorer's feature views, each may name its backbone,
+    ``"smollm2:transcript"``), concatenated and standardized; ``weight_decay`` is AdamW's L2
+    pull, playing the role of the scorer's strong regularisation. ``mode="finetune"`` (GPU):
+    the whole ``backbone`` with a one-logit head, through ``accelerate``, for ``epochs`` with
+    ``learning_rate`` and ``batch_size`` (``head``, ``hidden``, ``views`` and
+    ``weight_decay`` do not apply)."""
 
     loss: str = "bt"
+    mode: str = "heads"
     backbone: str = "minilm"
     views: tuple[str, ...] = ("transcript", "response+prompt")
     head: str = "linear"
@@ -50,6 +56,8 @@ class RewardTrainConfig:
         object.__setattr__(self, "views", tuple(self.views))
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}: use one of {', '.join(LOSSES)}")
+        if self.mode not in ("heads", "finetune"):
+            raise ValueError(f"mode must be 'heads' (frozen features, the CPU path) or 'finetune', got {self.mode!r}")
         if self.head not in ("linear", "mlp"):
             raise ValueError(f"head must be 'linear' or 'mlp', got {self.head!r}")
         for name in ("epochs", "batch_size", "hidden"):
@@ -130,6 +138,42 @@ class HeadRewardModel:
         module.load_state_dict(torch.load(folder / WEIGHTS_FILE, weights_only=True))
         module.eval()
         return cls(config, mean, np.asarray(description["feature_scale"]), module, description.get("metadata", {}))
+
+
+@dataclass
+class FinetunedRewardModel:
+    """A fine-tuned sequence-classification reward model (an HF folder): ``reward(prompts,
+    responses)`` -> ``(n,)``, reading each response after its dialogue, left-truncated."""
+
+    folder: str
+    max_length: int = 256
+    batch_size: int = 16
+
+    def reward(self, prompts: list[str] | str, responses: list[str] | str, *, progress: bool = False, **_) -> np.ndarray:
+        from ..reward_models import load_reward_model, rewards
+        from ..score import scoring_text
+
+        if isinstance(prompts, str) and isinstance(responses, str):
+            prompts, responses = [prompts], [responses]
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        tokenizer, model = load_reward_model(self.folder)
+        texts = [scoring_text(p, r) for p, r in zip(prompts, responses)]
+        return rewards(tokenizer, model, texts, self.max_length, self.batch_size, progress)
+
+
+def load_reward_model(folder: str | os.PathLike) -> "HeadRewardModel | FinetunedRewardModel":
+    """A reward model saved by ``rmclean train-rm`` (either mode), ready for ``reward(prompts,
+    responses)``."""
+    folder = Path(folder).expanduser()
+    if is_head_reward_model(folder):
+        return HeadRewardModel.load(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} holds neither {MODEL_FILE} nor a Hugging Face config.json: "
+                                "not a reward model saved by rmclean train-rm")
+    settings = folder / FINETUNED_FILE
+    max_length = json.loads(settings.read_text())["max_length"] if settings.is_file() else 256
+    return FinetunedRewardModel(str(folder), max_length=max_length)
 
 
 def is_head_reward_model(path: str | os.PathLike) -> bool:
@@ -261,7 +305,6 @@ def train_reward_model(pairs, config: RewardTrainConfig = RewardTrainConfig(), *
     train = usable_pairs(pairs)
     if len(train) == 0:
         raise ValueError("no usable training pairs (every row is invalid or dropped)")
-    chosen, rejected = pair_matrix(train, config, cache_dir=cache_dir, progress=progress)
 
     def column(name: str) -> np.ndarray | None:
         if name not in train.column_names:
@@ -272,16 +315,21 @@ def train_reward_model(pairs, config: RewardTrainConfig = RewardTrainConfig(), *
             raise ValueError(f"column '{name}' is empty or not a number at {train['source'][row]} row {train['row'][row]}")
         return values
 
-    test_sets = {}
-    for name, test_pairs in (evals or {}).items():
-        valid = usable_pairs(test_pairs)
-        if len(valid) == 0:
+    margin = column("margin") if "margin" in config.loss else None
+    soft_label = column("soft_label") if config.loss.startswith("soft-label") else None
+    test_pairs = {}
+    for name, candidate in (evals or {}).items():
+        test_pairs[name] = usable_pairs(candidate)
+        if len(test_pairs[name]) == 0:
             raise ValueError(f"eval set {name!r} has no valid pairs")
-        test_sets[name] = pair_matrix(valid, config, cache_dir=cache_dir, progress=progress)
+    if config.mode == "finetune":
+        return _finetune(train, config, test_pairs, margin, soft_label, progress)
+    chosen, rejected = pair_matrix(train, config, cache_dir=cache_dir, progress=progress)
+    test_sets = {name: pair_matrix(valid, config, cache_dir=cache_dir, progress=progress)
+                 for name, valid in test_pairs.items()}
     model, curves = train_head(chosen, rejected, config,
-                               margin=column("margin") if "margin" in config.loss else None,
-                               soft_label=column("soft_label") if config.loss.startswith("soft-label") else None,
-                               evals=test_sets, eval_every=eval_every, progress=progress)
+                               margin=margin, soft_label=soft_label, evals=test_sets, eval_every=eval_every,
+                               progress=progress)
     train_delta = model.reward_of_features(chosen) - model.reward_of_features(rejected)
     metrics = {
         "eval": {name: values[-1] for name, values in curves["eval"].items()},
@@ -293,5 +341,55 @@ def train_reward_model(pairs, config: RewardTrainConfig = RewardTrainConfig(), *
     return model, metrics
 
 
-__all__ = ["HeadRewardModel", "RewardTrainConfig", "build_head", "is_head_reward_model", "pair_matrix",
-           "preference_metrics", "train_head", "train_reward_model", "usable_pairs"]
+def _finetune(train, config: RewardTrainConfig, test_pairs: dict[str, Any], margin, soft_label, progress: bool):
+    """``mode="finetune"``: the whole backbone through ``accelerate``; returns the model
+    (a :class:`FinetunedRewardModel` over a temporary folder until saved) and metrics."""
+    import tempfile
+
+    from ..backbones import model_folder, resolve_backbone
+    from ..finetune import FinetuneConfig
+    from ..finetune import train_reward_model as finetune_reward_model
+    from ..score import scoring_texts
+
+    chosen_texts, rejected_texts = scoring_texts(train)
+    tokenizer, network = finetune_reward_model(
+        str(model_folder(resolve_backbone(config.backbone))), chosen_texts, rejected_texts,
+        FinetuneConfig(epochs=config.epochs, learning_rate=config.learning_rate, batch_size=config.batch_size,
+                       max_length=config.max_length, seed=config.seed),
+        progress=progress, loss=config.loss, margin=margin, soft_label=soft_label)
+    folder = Path(tempfile.mkdtemp(prefix="rmclean-reward-"))
+    network.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    write_text(folder / FINETUNED_FILE, json.dumps({"max_length": config.max_length, "config": asdict(config)}) + "\n")
+    model = FinetunedRewardModel(str(folder), max_length=config.max_length)
+
+    def delta(pairs) -> np.ndarray:
+        prompts = list(pairs["prompt"])
+        return model.reward(prompts, list(pairs["chosen"])) - model.reward(prompts, list(pairs["rejected"]))
+
+    final = {name: preference_metrics(delta(pairs)) for name, pairs in test_pairs.items()}
+    metrics = {"eval": final, "train": preference_metrics(delta(train)),
+               "curves": {"epochs": [config.epochs], "train_loss": [], "eval": {n: [m] for n, m in final.items()}},
+               "config": asdict(config)}
+    return model, metrics
+
+
+def save_reward_model(model: "HeadRewardModel | FinetunedRewardModel", folder: str | os.PathLike) -> Path:
+    """Save either kind of trained reward model to ``folder`` (replacing what is there)."""
+    import shutil
+
+    folder = Path(folder)
+    if isinstance(model, HeadRewardModel):
+        return model.save(folder)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(model.folder, partial)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)
+    model.folder = str(folder)
+    return folder
+
+
+__all__ = ["FinetunedRewardModel", "HeadRewardModel", "RewardTrainConfig", "build_head", "is_head_reward_model",
+           "load_reward_model", "pair_matrix", "preference_metrics", "save_reward_model", "train_head",
+           "train_reward_model", "usable_pairs"]
