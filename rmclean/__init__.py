@@ -1,15 +1,18 @@
 """rmclean: find and fix noisy labels in reward-model preference data.
 
-``rmclean.score``, ``rmclean.audit`` and ``rmclean.denoise`` are the functions (their modules
-stay importable as ``from rmclean.score import ScoreConfig``).
+``rmclean.score``, ``rmclean.audit``, ``rmclean.denoise`` and ``rmclean.check`` are the functions
+(their modules stay importable as ``from rmclean.score import ScoreConfig``); ``rmclean.judge``
+is the LLM judge module (prompt, parsing, client, cache).
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
 from . import describe
 from .audit import AuditConfig, audit
+from .check import CheckConfig, CheckResult, check, write_check
 from .denoise import DenoiseConfig, DenoiseError, denoise
 from .export import to_profile, write_denoised
+from .judge import JudgeConfig, JudgeError
 from .pairs import CANONICAL_COLUMNS, PairFormatError, load_pairs, split_invalid
 from .score import ScoreConfig, Scores, score
 from .sources import SourceNotFoundError
@@ -22,19 +25,25 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "CANONICAL_COLUMNS",
     "AuditConfig",
+    "CheckConfig",
+    "CheckResult",
     "DenoiseConfig",
     "DenoiseError",
+    "JudgeConfig",
+    "JudgeError",
     "PairFormatError",
     "ScoreConfig",
     "Scores",
     "SourceNotFoundError",
     "audit",
+    "check",
     "denoise",
     "describe",
     "load_pairs",
     "score",
     "split_invalid",
     "to_profile",
+    "write_check",
     "write_denoised",
     "__version__",
 ]

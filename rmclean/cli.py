@@ -22,6 +22,11 @@ from .export import FORMATS, write_denoised
 from .audit import AuditConfig, audit, write_audit
 from .audit import to_markdown as audit_markdown
 from .backbones import PRECISIONS, BackboneError
+from .check import CheckConfig, agreement_markdown, check as run_check_pipeline, load_scored, plan, write_check
+from .judge import BACKENDS as JUDGE_BACKENDS
+from .judge import DEFAULT_LOCAL_MODEL
+from .judge import DEFAULT_MODEL as DEFAULT_JUDGE_MODEL
+from .judge import JudgeConfig, JudgeError, price_for, read_price_table
 from .pairs import PairFormatError, load_pairs
 from .score import VIEWS, Scores, ScoreConfig, score, write_report
 from .sources import DATA_DIR_ENV, NAMED_SOURCES, SourceNotFoundError
@@ -32,7 +37,6 @@ EXIT_ERROR = 1
 PLANNED: dict[str, int | None] = {
     "train-rm": 5,
     "compare": 5,
-    "check": 6,
     "ppo": None,
 }
 
@@ -121,12 +125,53 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument("--out", metavar="DIR", default="denoised", help="output folder (default: denoised)")
     denoise.set_defaults(run=_run_denoise)
 
-    check = commands.add_parser("check", help="check labels against an LLM judge (planned)")
-    check.add_argument("scores", metavar="SCORES_DIR")
-    check.add_argument("--model", default="gpt-4o")
-    check.add_argument("--base-url")
-    check.add_argument("--max-requests", type=int)
-    check.add_argument("--out", metavar="DIR")
+    check = commands.add_parser(
+        "check", help="check labels against an LLM judge (GPT-4 or any OpenAI-compatible server)",
+        description="Read a folder written by `rmclean score`, reload the pairs it scored, ask an LLM judge "
+        "about every pair in both orders (answers cached, so nothing is paid twice) and write per-pair "
+        "judgements (judgements.parquet), agreement with the dataset labels per strength bin "
+        "(agreement.json, agreement.md, plots/agreement.png), three test sets for --eval "
+        "(testsets/{original,judge,agreeing}.jsonl) and summary.json. The API key comes from "
+        "$OPENAI_API_KEY (not needed for a server on this machine or --backend local).",
+    )
+    check.add_argument("scores", metavar="SCORES_DIR", help="a folder written by rmclean score")
+    judge_options = check.add_argument_group("judge options")
+    judge_options.add_argument("--backend", choices=JUDGE_BACKENDS, default="openai",
+                               help="openai: any OpenAI-compatible chat server (default); local: a causal LM run here")
+    judge_options.add_argument("--model", default=None,
+                               help=f"judge model (default {DEFAULT_JUDGE_MODEL}; with --backend local: smollm2, "
+                               "a model folder, a .gguf file or a Hub id)")
+    judge_options.add_argument("--base-url", metavar="URL",
+                               help="OpenAI-compatible server, e.g. http://localhost:8000/v1 for vLLM "
+                               "(default $OPENAI_BASE_URL, else OpenAI)")
+    judge_options.add_argument("--template", metavar="FILE",
+                               help="judge prompt file with {question}, {answer_a}, {answer_b}; optionally a "
+                               "[system] section then a [user] section")
+    judge_options.add_argument("--temperature", type=float, default=None,
+                               help="sampling temperature (default 0; 0.7 with --backend local)")
+    judge_options.add_argument("--max-tokens", type=int, default=512, help="longest reply in tokens (default 512)")
+    judge_options.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default 8)")
+    judge_options.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds per request (default 60)")
+    judge_options.add_argument("--max-retries", type=int, default=6,
+                               help="retries on 429, 5xx, timeouts and malformed replies (default 6)")
+    judge_options.add_argument("--seed", type=int, default=0, help="pair order, --sample and local sampling")
+    budget = check.add_argument_group("budget")
+    budget.add_argument("--max-requests", type=int, metavar="N", help="send at most N HTTP requests (retries count)")
+    budget.add_argument("--max-cost", type=float, metavar="USD", help="stop before the cost passes USD")
+    budget.add_argument("--price", metavar="IN,OUT", help="USD per million input and output tokens for --model")
+    budget.add_argument("--prices", metavar="FILE", help='price table JSON {"model": [in, out]} over the built-in one')
+    budget.add_argument("--dry-run", action="store_true", help="print the requests and tokens a run needs; send nothing")
+    check.add_argument("--bin-size", type=int, default=500, help="pairs per strength bin (paper: 500)")
+    check.add_argument("--sample", type=int, metavar="N", help="judge N pairs drawn at random instead of all")
+    check.add_argument("--cache", metavar="FILE",
+                       help="answer cache (default judge.sqlite in $RMCLEAN_CACHE_DIR or ~/.cache/rmclean)")
+    check.add_argument("--retry-invalid", action="store_true", help="ask again the requests cached as invalid")
+    check.add_argument("--source", metavar="SOURCE",
+                       help="load the pairs from SOURCE instead of the source the scores folder records")
+    check.add_argument("--allow-missing", action="store_true", help="judge only the pairs that have a score")
+    check.add_argument("--out", metavar="DIR", default="check", help="output folder (default: check)")
+    check.add_argument("--quiet", action="store_true", help="no progress bar")
+    check.set_defaults(run=_run_check)
 
     train = commands.add_parser("train-rm", parents=[source_options], help="train a reward model (planned)")
     train.add_argument("data", metavar="DATA", help="a denoise output folder or any SOURCE")
@@ -330,6 +375,93 @@ def format_denoise_examples(result, count: int) -> str:
         lines.append(f"    prompt:          {_clip(row['prompt'], tail=True)}")
         lines.append(f"    labelled better: {_clip(was_chosen)}")
         lines.append(f"    labelled worse:  {_clip(was_rejected)}")
+    return "\n".join(lines)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    try:
+        config = judge_config(args)
+        pairs, scores, recorded = load_scored(args.scores, args.source)
+        check_config = CheckConfig(bin_size=args.bin_size, sample=args.sample, seed=args.seed)
+        if args.dry_run:
+            print(format_check_plan(plan(pairs, scores, config, check_config, cache=args.cache,
+                                         allow_missing=args.allow_missing)))
+            return 0
+        result = run_check_pipeline(pairs, scores, config, check_config, cache=args.cache,
+                                    allow_missing=args.allow_missing, progress=not args.quiet)
+    except JudgeError as exc:
+        print(f"rmclean check: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("rmclean check: interrupted; every answer received is in the judge cache: rerun the same "
+              "command to continue (nothing is asked twice)", file=sys.stderr)
+        return 130
+    written = write_check(result, args.out, extra={"scores_dir": str(Path(args.scores).resolve()), "source": recorded})
+    print(format_check_summary(result.summary, result.agreement))
+    print("wrote " + ", ".join(str(path) for path in written.values()))
+    return 0
+
+
+def judge_config(args: argparse.Namespace) -> JudgeConfig:
+    """The JudgeConfig the check options describe (the price from --price or --prices)."""
+    price = None
+    if args.price:
+        parts = args.price.split(",")
+        if len(parts) != 2:
+            raise ValueError("--price takes two numbers, USD per million input and output tokens: --price 2.5,10")
+        price = (float(parts[0]), float(parts[1]))
+    elif args.prices:
+        model = args.model or (DEFAULT_LOCAL_MODEL if args.backend == "local" else DEFAULT_JUDGE_MODEL)
+        price = price_for(model, read_price_table(args.prices))
+    return JudgeConfig(
+        backend=args.backend, model=args.model, base_url=args.base_url, template=args.template,
+        temperature=args.temperature, max_tokens=args.max_tokens, timeout_s=args.timeout,
+        concurrency=args.concurrency, max_retries=args.max_retries, max_requests=args.max_requests,
+        max_cost=args.max_cost, price=price, seed=args.seed, retry_invalid=args.retry_invalid,
+    )
+
+
+def format_check_plan(needs: dict[str, Any]) -> str:
+    """The human report of ``rmclean check --dry-run`` (``needs`` from :func:`rmclean.check.plan`)."""
+    def usd(value: float | None) -> str:
+        return "unknown (no price for this model: --price IN,OUT)" if value is None else f"${value:,.2f}"
+
+    lines = [
+        f"dry run: {needs['pairs']:,} pairs, {needs['requests']:,} requests (both orders) to {needs['model']}; "
+        f"{needs['cached']:,} answered by the cache, {needs['to_send']:,} to send",
+        f"  prompt tokens: about {needs['prompt_tokens']:,} (4 characters a token)",
+        f"  completion tokens: at most {needs['completion_tokens_at_most']:,} (--max-tokens each)"
+        + (f", typically about {needs['completion_tokens_typical']:,} (cached answers of this model)"
+           if needs["completion_tokens_typical"] is not None else ""),
+        f"  cost: at most {usd(needs['cost_usd_at_most'])}"
+        + (f", typically {usd(needs['cost_usd_typical'])}" if needs["completion_tokens_typical"] is not None else ""),
+        "  (replies without a verdict are asked once more with a reminder, on top of this)",
+    ]
+    if needs["would_stop_after"] is not None:
+        lines.append(f"  --max-requests {needs['max_requests']:,} would stop the run before it is done")
+    lines.append(f"  cache: {needs['cache']}")
+    return "\n".join(lines)
+
+
+def format_check_summary(summary: dict[str, Any], agreement: dict[str, Any]) -> str:
+    """The short human report of ``rmclean check``."""
+    verdicts = summary["verdicts"]
+    requests = summary["requests"]
+    cost = summary["cost_usd"]
+    lines = [
+        f"judged {summary['pairs']:,} pairs in both orders with {summary['judge']['model']}: "
+        + ", ".join(f"{name} {count:,}" for name, count in verdicts.items() if count)
+        + f" ({summary['order_inconsistent']:,} order-inconsistent, counted as ties)",
+        f"  requests sent {requests['sent']:,} ({requests['retries']:,} retries, {requests['reminders']:,} reminders), "
+        f"cache hits {requests['cache_hits']:,}, tokens {summary['tokens']['prompt']:,} in / "
+        f"{summary['tokens']['completion']:,} out, cost " + ("unknown" if cost is None else f"${cost:,.4f}"),
+        "",
+        agreement_markdown(agreement),
+    ]
+    if summary["errors"]:
+        lines += ["", "failed requests (asked again on the next run): " + "; ".join(summary["errors"][:3])]
+    if summary["continue"]:
+        lines += ["", "stopped: " + summary["continue"] if summary["budget"]["stopped"] else summary["continue"]]
     return "\n".join(lines)
 
 

@@ -54,3 +54,32 @@ def save(figure, path) -> None:
 
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def agreement_by_strength(agreement: dict):
+    """Judge agreement with the dataset labels per strength_mean bin (``agreement`` as
+    :func:`rmclean.check.agreement_bins` returns it), with the share of ties below it."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    bins = agreement["bins"]
+    numbers = [entry["bin"] for entry in bins]
+    values = [np.nan if entry["agreement"] is None else entry["agreement"] for entry in bins]
+    ties = [entry["ties"] / entry["judged"] if entry["judged"] else np.nan for entry in bins]
+    figure, axes = plt.subplots(figsize=(6.5, 3.8))
+    axes.bar(numbers, ties, color="#CCCCCC", label="judge tie (incl. order-inconsistent)")
+    axes.plot(numbers, values, color="#4C72B0", marker="o", label="agreement with dataset label")
+    axes.axhline(0.5, color="black", linewidth=0.8, linestyle=":")
+    axes.set_ylim(0, 1.05)
+    axes.set_xlabel(f"bin of pairs sorted by strength_mean (about {agreement['bin_size']} pairs each), weakest first")
+    axes.set_ylabel("share of judged pairs")
+    if len(numbers) <= 25:
+        axes.set_xticks(numbers)
+    overall = agreement["overall"]["agreement"]
+    axes.set_title("LLM judge agreement by preference strength"
+                   + (f" (overall {overall:.2f})" if overall is not None else ""))
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    return figure
