@@ -15,9 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-import rmclean
 from rmclean.denoise import DenoiseConfig, apply_actions, denoise_summary
-from rmclean.score import Scores
+from rmclean.score import load_scored
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -41,9 +40,7 @@ def main() -> None:
     parser.add_argument("--name", default="hh", help="results file suffix")
     args = parser.parse_args()
 
-    scores = Scores.load(args.scores)
-    recorded = dict(json.loads((Path(args.scores) / "summary.json").read_text())["source"])
-    pairs = rmclean.load_pairs(recorded.pop("source"), **recorded)
+    pairs, scores, _ = load_scored(args.scores)
     rows = []
     for config in RUNS:
         summary = denoise_summary(apply_actions(pairs, scores, config), config, scores)
@@ -69,7 +66,7 @@ def main() -> None:
             f"| {summary['method']} | {summary['select'] or 'every pair'} | "
             f"{summary['config']['alpha'] if summary['method'].startswith('soft') else ''} | "
             + " | ".join(f"{counts[a]:,}" for a in ("keep", "flip", "drop", "soften", "invalid"))
-            + f" | {fmt(changed)} | {fmt(margin)} | {f"{margin['positive']:,}" if margin else ''} | "
+            + f" | {fmt(changed)} | {fmt(margin)} | {format(margin['positive'], ',') if margin else ''} | "
             f"{fmt(summary.get('soft_label_of_softened'))} |"
         )
     RESULTS.mkdir(parents=True, exist_ok=True)

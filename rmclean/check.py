@@ -86,27 +86,6 @@ class CheckResult:
         return self.stats.stopped
 
 
-def load_scored(folder: str | os.PathLike, source: str | None = None):
-    """``(pairs, scores, source record)`` for a folder written by ``rmclean score``: the pairs
-    are reloaded from the ``load_pairs`` call its ``summary.json`` records (or from ``source``)."""
-    from .pairs import load_pairs
-
-    folder = Path(folder)
-    if not (folder / "scores.parquet").is_file():
-        raise ValueError(f"{folder} holds no scores.parquet: pass a folder written by `rmclean score`")
-    scores = Scores.load(folder)
-    if source is not None:
-        return load_pairs(source), scores, {"source": source}
-    summary_file = folder / "summary.json"
-    if not summary_file.is_file():
-        raise ValueError(f"{folder} has no summary.json, so the source of its pairs is unknown: pass --source SOURCE")
-    recorded = json.loads(summary_file.read_text(encoding="utf-8")).get("source")
-    if not recorded:
-        raise ValueError(f"{summary_file} does not record the source it scored: pass --source SOURCE")
-    loading = dict(recorded)
-    return load_pairs(loading.pop("source"), **loading), scores, recorded
-
-
 def select_pairs(pairs, scores: Scores, config: CheckConfig = CheckConfig(), allow_missing: bool = False):
     """The pairs to judge as a ``pandas.DataFrame`` in the order they are asked (seeded
     random, so a run the budget stops still covers every strength bin), with their
@@ -390,7 +369,7 @@ def write_check(result: CheckResult, folder: str | os.PathLike, *, extra: dict[s
     ``testsets/{original,judge,agreeing}.jsonl``, ``summary.json`` (with ``extra`` merged in)
     and ``plots/agreement.png`` into ``folder``, each atomically. Returns the paths."""
     from . import plots
-    from .export import _write_jsonl
+    from .export import write_jsonl
 
     folder = Path(folder)
     (folder / "testsets").mkdir(parents=True, exist_ok=True)
@@ -405,7 +384,7 @@ def write_check(result: CheckResult, folder: str | os.PathLike, *, extra: dict[s
     written["agreement.json"] = write_text(folder / "agreement.json", json.dumps(result.agreement, indent=2) + "\n")
     written["agreement.md"] = write_text(folder / "agreement.md", agreement_markdown(result.agreement) + "\n")
     for name, frame in result.testsets.items():
-        written[f"testsets/{name}.jsonl"] = _write_jsonl(frame, folder / "testsets" / f"{name}.jsonl")
+        written[f"testsets/{name}.jsonl"] = write_jsonl(frame, folder / "testsets" / f"{name}.jsonl")
     summary = {**(extra or {}), **result.summary}
     written["summary.json"] = write_text(folder / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     written["plots/agreement.png"] = folder / "plots" / "agreement.png"
@@ -429,4 +408,4 @@ def agreement_markdown(agreement: dict[str, Any]) -> str:
 
 
 __all__ = ["CheckConfig", "CheckResult", "TESTSETS", "agreement_bins", "build_requests", "check", "combine",
-           "load_scored", "plan", "select_pairs", "testsets", "write_check"]
+           "plan", "select_pairs", "testsets", "write_check"]

@@ -22,20 +22,21 @@ from .export import FORMATS, write_denoised
 from .audit import AuditConfig, audit, write_audit
 from .audit import to_markdown as audit_markdown
 from .backbones import PRECISIONS, BackboneError
-from .check import CheckConfig, agreement_markdown, check as run_check_pipeline, load_scored, plan, write_check
+from .check import CheckConfig, agreement_markdown, check as run_check_pipeline, plan, write_check
 from .judge import BACKENDS as JUDGE_BACKENDS
 from .judge import DEFAULT_LOCAL_MODEL
 from .judge import DEFAULT_MODEL as DEFAULT_JUDGE_MODEL
 from .judge import JudgeConfig, JudgeError, price_for, read_price_table
 from .pairs import PairFormatError, load_pairs
-from .score import VIEWS, Scores, ScoreConfig, score, write_report
+from .score import VIEWS, ScoreConfig, load_scored, score, write_report
+from .train.losses import LOSSES
+from .train.reward import RewardTrainConfig, train_reward_model, write_training_report
 from .sources import DATA_DIR_ENV, NAMED_SOURCES, SourceNotFoundError
 
 EXIT_ERROR = 1
 
 #: Commands of the full product that are not built yet, and the issue that builds them.
 PLANNED: dict[str, int | None] = {
-    "train-rm": 5,
     "compare": 5,
     "ppo": None,
 }
@@ -173,11 +174,34 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--quiet", action="store_true", help="no progress bar")
     check.set_defaults(run=_run_check)
 
-    train = commands.add_parser("train-rm", parents=[source_options], help="train a reward model (planned)")
+    train_defaults = RewardTrainConfig()
+    train = commands.add_parser(
+        "train-rm", parents=[source_options], help="train a reward model",
+        description="Train one reward model on DATA (a folder written by `rmclean denoise`, whose margin and "
+        "soft_label columns the loss reads, or any SOURCE) and evaluate it on named test sets. Writes "
+        "model/ (rmclean score --reward-model reads it), metrics.json and plots/curves.png.",
+    )
     train.add_argument("data", metavar="DATA", help="a denoise output folder or any SOURCE")
-    train.add_argument("--loss", choices=("bt", "margin", "soft-label", "soft-label+margin"), default="bt")
-    train.add_argument("--eval", action="append", metavar="NAME=PATH", default=[])
-    train.add_argument("--out", metavar="DIR")
+    train.add_argument("--loss", choices=LOSSES, default=train_defaults.loss, help="default bt (Bradley-Terry)")
+    train.add_argument("--eval", action="append", metavar="NAME=SOURCE", default=[],
+                       help="a named test set (repeatable), any SOURCE, e.g. clean=testsets/agreeing.jsonl")
+    train.add_argument("--mode", choices=("heads", "finetune"), default=train_defaults.mode,
+                       help="heads: a head on cached frozen features (CPU); finetune: the whole backbone (GPU)")
+    train.add_argument("--backbone", default=train_defaults.backbone)
+    train.add_argument("--views", default=",".join(train_defaults.views), metavar="VIEW[,VIEW]",
+                       help="feature views for heads, as for rmclean score")
+    train.add_argument("--head", choices=("linear", "mlp"), default=train_defaults.head)
+    train.add_argument("--epochs", type=int, default=train_defaults.epochs)
+    train.add_argument("--lr", type=float, default=train_defaults.learning_rate)
+    train.add_argument("--weight-decay", type=float, default=train_defaults.weight_decay)
+    train.add_argument("--batch-size", type=int, default=train_defaults.batch_size)
+    train.add_argument("--max-length", type=int, default=train_defaults.max_length)
+    train.add_argument("--eval-every", type=int, default=5, metavar="EPOCHS")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--cache-dir", metavar="DIR", help="feature cache (default $RMCLEAN_CACHE_DIR or ~/.cache/rmclean)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--out", metavar="DIR", default="reward-model", help="output folder (default: reward-model)")
+    train.set_defaults(run=_run_train_rm)
 
     ppo = commands.add_parser("ppo", help="PPO a policy against a reward model (planned)")
     ppo.add_argument("--reward-model", metavar="DIR")
@@ -328,18 +352,7 @@ def _run_audit(args: argparse.Namespace) -> int:
 
 def _run_denoise(args: argparse.Namespace) -> int:
     folder = Path(args.scores)
-    if not (folder / "scores.parquet").is_file():
-        raise ValueError(f"{folder} holds no scores.parquet: pass a folder written by `rmclean score`")
-    scores = Scores.load(folder)
-    if args.source is not None:
-        pairs = load_pairs(args.source)
-    else:
-        summary_file = folder / "summary.json"
-        recorded = json.loads(summary_file.read_text()).get("source") if summary_file.is_file() else None
-        if not recorded:
-            raise ValueError(f"{folder}/summary.json does not record the source it scored: pass --source SOURCE")
-        loading = dict(recorded)
-        pairs = load_pairs(loading.pop("source"), **loading)
+    pairs, scores, _ = load_scored(folder, args.source)
     try:
         alpha: float | str = args.alpha if args.alpha in ("members", "normal") else float(args.alpha)
     except ValueError:
@@ -463,6 +476,41 @@ def format_check_summary(summary: dict[str, Any], agreement: dict[str, Any]) -> 
     if summary["continue"]:
         lines += ["", "stopped: " + summary["continue"] if summary["budget"]["stopped"] else summary["continue"]]
     return "\n".join(lines)
+
+
+def _run_train_rm(args: argparse.Namespace) -> int:
+    config = RewardTrainConfig(
+        loss=args.loss, mode=args.mode, backbone=args.backbone, views=tuple(v for v in args.views.split(",") if v),
+        head=args.head, epochs=args.epochs, learning_rate=args.lr, weight_decay=args.weight_decay,
+        batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
+    )
+    pairs = load_training_data(args.data, source_arguments(args))
+    evals = {}
+    for entry in args.eval:
+        name, separator, source = entry.partition("=")
+        if not separator or not name or not source:
+            raise ValueError(f"--eval takes NAME=SOURCE, got {entry!r}")
+        evals[name] = load_pairs(source, data_dir=args.data_dir, on_error="skip", allow_empty=True)
+    model, metrics = train_reward_model(pairs, config, evals=evals, eval_every=args.eval_every,
+                                        cache_dir=args.cache_dir, progress=not args.quiet)
+    out = Path(args.out)
+    written = write_training_report(model, metrics, out, data=str(args.data))
+    lines = [f"trained a {config.mode} reward model ({config.loss} loss) on {metrics['train']['pairs']:,} pairs: "
+             f"train accuracy {metrics['train']['accuracy']:.3f}"]
+    lines += [f"  {name}: accuracy {m['accuracy']:.3f}, mean margin {m['mean_margin']:.3f}, "
+              f"calibration error {m['calibration_error']:.3f} ({m['pairs']:,} pairs)" for name, m in metrics["eval"].items()]
+    lines.append("wrote " + ", ".join(str(path) for path in written))
+    print("\n".join(lines))
+    return 0
+
+
+def load_training_data(data: str, loading: dict[str, Any]):
+    """The pairs ``train-rm`` trains on: a denoise folder's ``cleaned.jsonl`` (with its
+    margin and soft_label columns), else ``load_pairs(data, ...)``."""
+    folder = Path(data)
+    if folder.is_dir() and (folder / "cleaned.jsonl").is_file() and (folder / "summary.json").is_file():
+        return load_pairs(folder / "cleaned.jsonl", allow_empty=True)  # rmclean denoise accepted these pairs
+    return load_pairs(data, **loading)
 
 
 def recorded_source(source: str, loading: dict[str, Any]) -> dict[str, Any]:

@@ -115,8 +115,8 @@ def write_denoised(result, summary: dict[str, Any], folder: str | os.PathLike, f
     trainable = table["action"].isin(TRAINABLE)
     cleaned, dropped = table[trainable].reset_index(drop=True), table[~trainable].reset_index(drop=True)
     written: dict[str, Path] = {}
-    written["cleaned.jsonl"] = _write_jsonl(cleaned, folder / "cleaned.jsonl")
-    written["dropped.jsonl"] = _write_jsonl(dropped, folder / "dropped.jsonl")
+    written["cleaned.jsonl"] = write_jsonl(cleaned, folder / "cleaned.jsonl")
+    written["dropped.jsonl"] = write_jsonl(dropped, folder / "dropped.jsonl")
     with atomic_path(folder / "cleaned.parquet") as partial:
         cleaned.to_parquet(partial, index=False)
     written["cleaned.parquet"] = folder / "cleaned.parquet"
@@ -133,7 +133,8 @@ def write_denoised(result, summary: dict[str, Any], folder: str | os.PathLike, f
     return written
 
 
-def _write_jsonl(table, path: Path) -> Path:
+def write_jsonl(table, path: Path) -> Path:
+    """Write the rows of a ``pandas.DataFrame`` as JSON Lines, atomically."""
     with atomic_path(path) as partial, open(partial, "w", encoding="utf-8") as handle:
         for record in table.to_dict(orient="records"):
             handle.write(json.dumps(_plain(record), ensure_ascii=False) + "\n")
@@ -155,4 +156,4 @@ def _plain(value: Any) -> Any:
     return value
 
 
-__all__ = ["FORMATS", "to_profile", "to_turns", "write_denoised"]
+__all__ = ["FORMATS", "to_profile", "to_turns", "write_denoised", "write_jsonl"]

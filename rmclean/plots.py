@@ -83,3 +83,29 @@ def agreement_by_strength(agreement: dict):
     axes.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
     return figure
+
+
+def training_curves(curves: dict):
+    """Accuracy and mean margin of each eval set, and the training loss, against epochs."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    figure, (accuracy_axes, margin_axes) = plt.subplots(1, 2, figsize=(10, 3.5))
+    epochs = curves["epochs"]
+    for name, values in curves["eval"].items():
+        accuracy_axes.plot(epochs[-len(values):], [m["accuracy"] for m in values], marker="o", label=name)
+        margin_axes.plot(epochs[-len(values):], [m["mean_margin"] for m in values], marker="o", label=name)
+    if curves["train_loss"]:
+        loss_axes = accuracy_axes.twinx()
+        loss_axes.plot(epochs[-len(curves["train_loss"]):], curves["train_loss"], color="grey", linestyle="--")
+        loss_axes.set_ylabel("training loss (dashed)")
+    accuracy_axes.set_xlabel("epoch")
+    accuracy_axes.set_ylabel("accuracy")
+    margin_axes.set_xlabel("epoch")
+    margin_axes.set_ylabel("mean r(chosen) − r(rejected)")
+    if curves["eval"]:
+        accuracy_axes.legend(fontsize=7)
+    figure.tight_layout()
+    return figure

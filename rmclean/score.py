@@ -21,7 +21,7 @@ from .ensemble import HeadConfig, member_margins
 from .files import atomic_path, write_text
 from .finetune import FinetuneConfig, finetune_margins
 from .formats import HH_ASSISTANT
-from .pairs import split_invalid
+from .pairs import load_pairs, split_invalid
 from .strength import aggregate, scale_members, summarize
 
 POOLED_GROUP = "(pooled small sources)"
@@ -391,6 +391,25 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             versions[package] = "not installed"
     return versions
+
+
+def load_scored(folder: str | os.PathLike, source: str | None = None):
+    """``(pairs, scores, source record)`` for a folder written by ``rmclean score``: the pairs
+    are reloaded from the ``load_pairs`` call its ``summary.json`` records (or from ``source``)."""
+    folder = Path(folder)
+    if not (folder / "scores.parquet").is_file():
+        raise ValueError(f"{folder} holds no scores.parquet: pass a folder written by `rmclean score`")
+    scores = Scores.load(folder)
+    if source is not None:
+        return load_pairs(source), scores, {"source": source}
+    summary_file = folder / "summary.json"
+    if not summary_file.is_file():
+        raise ValueError(f"{folder} has no summary.json, so the source of its pairs is unknown: pass --source SOURCE")
+    recorded = json.loads(summary_file.read_text(encoding="utf-8")).get("source")
+    if not recorded:
+        raise ValueError(f"{summary_file} does not record the source it scored: pass --source SOURCE")
+    loading = dict(recorded)
+    return load_pairs(loading.pop("source"), **loading), scores, recorded
 
 
 def write_report(scores: Scores, folder: str | os.PathLike, source: dict[str, Any] | None = None) -> dict[str, Path]:

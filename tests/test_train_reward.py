@@ -140,3 +140,37 @@ def test_finetune_mode_with_a_margin_loss_saves_a_model_with_the_reward_api(tiny
     assert good > bad
     with pytest.raises(FileNotFoundError, match="not a reward model saved by rmclean train-rm"):
         load_reward_model(tmp_path)
+
+
+def test_cli_train_rm_on_a_denoise_folder_writes_the_spec_files(data_dir, tmp_path, capsys):
+    import json
+
+    from rmclean.cli import main
+
+    cache = str(tmp_path / "cache")
+    common = ["--data-dir", str(data_dir), "--cache-dir", cache, "--quiet"]
+    assert main(["score", "hh-rlhf", "--subset", "harmless-base", "--limit", "120", "--members", "3", "--folds", "3",
+                 "--views", "transcript", "--out", str(tmp_path / "scores"), *common]) == 0
+    assert main(["denoise", str(tmp_path / "scores"), "--method", "flip+margin", "--out", str(tmp_path / "denoised")]) == 0
+    held_out = tmp_path / "held_out.jsonl"
+    test_pairs = __import__("rmclean").load_pairs("hh-rlhf", subset="harmless-base", data_dir=data_dir).select(range(120, 180))
+    held_out.write_text("".join(json.dumps({"chosen": p + c, "rejected": p + r}) + "\n"
+                                for p, c, r in zip(test_pairs["prompt"], test_pairs["chosen"], test_pairs["rejected"])))
+    capsys.readouterr()
+    code = main(["train-rm", str(tmp_path / "denoised"), "--loss", "margin", "--views", "transcript", "--epochs", "6",
+                 "--eval", f"held-out={held_out}", "--eval-every", "2", "--out", str(tmp_path / "rm"), *common])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "trained a heads reward model (margin loss) on 120 pairs" in printed and "held-out: accuracy" in printed
+    metrics = json.loads((tmp_path / "rm" / "metrics.json").read_text())
+    assert set(metrics["eval"]["held-out"]) >= {"accuracy", "mean_margin"}
+    assert metrics["curves"]["epochs"] == [2, 4, 6] and len(metrics["curves"]["eval"]["held-out"]) == 3
+    assert (tmp_path / "rm" / "plots" / "curves.png").stat().st_size > 1000
+    assert main(["score", "hh-rlhf", "--subset", "harmless-base", "--limit", "40", "--members", "0",
+                 "--reward-model", str(tmp_path / "rm" / "model"), "--reward-model", str(tmp_path / "rm" / "model"),
+                 "--out", str(tmp_path / "rescored"), *common]) == 0
+    raw = ["hh-rlhf", "--subset", "harmless-base", "--limit", "60"]
+    assert main(["train-rm", *raw, "--loss", "soft-label", "--out", str(tmp_path / "x"), *common]) == 1
+    assert "needs a soft label" in capsys.readouterr().err
+    assert main(["train-rm", str(tmp_path / "denoised"), "--eval", "nonsense", "--out", str(tmp_path / "x"), *common]) == 1
+    assert "--eval takes NAME=SOURCE" in capsys.readouterr().err

@@ -289,7 +289,7 @@ def usable_pairs(pairs):
 
     valid, _ = split_invalid(pairs)
     if "action" in valid.column_names:
-        valid = valid.filter(lambda action: action not in ("drop", "invalid"), input_columns="action")
+        valid = valid.select([i for i, action in enumerate(valid["action"]) if action not in ("drop", "invalid")])
     return valid
 
 
@@ -390,6 +390,21 @@ def save_reward_model(model: "HeadRewardModel | FinetunedRewardModel", folder: s
     return folder
 
 
+def write_training_report(model: "HeadRewardModel | FinetunedRewardModel", metrics: dict[str, Any],
+                          folder: str | os.PathLike, data: str | None = None) -> list[Path]:
+    """Write ``model/``, ``metrics.json`` (SPEC 4: final accuracy and mean margin per eval
+    set, and the curves) and ``plots/curves.png`` into ``folder``."""
+    from .. import plots
+
+    folder = Path(folder)
+    (folder / "plots").mkdir(parents=True, exist_ok=True)
+    written = [save_reward_model(model, folder / "model")]
+    written.append(write_text(folder / "metrics.json", json.dumps({"data": data, **metrics}, indent=2) + "\n"))
+    plots.save(plots.training_curves(metrics["curves"]), folder / "plots" / "curves.png")
+    written.append(folder / "plots" / "curves.png")
+    return written
+
+
 __all__ = ["FinetunedRewardModel", "HeadRewardModel", "RewardTrainConfig", "build_head", "is_head_reward_model",
            "load_reward_model", "pair_matrix", "preference_metrics", "save_reward_model", "train_head",
-           "train_reward_model", "usable_pairs"]
+           "train_reward_model", "usable_pairs", "write_training_report"]
