@@ -209,9 +209,8 @@ class FeatureCache:
     """
 
     def __init__(self, backbone: Backbone, max_length: int, cache_dir: Path | None = None,
-                 precision: str = "float32"):
-        if precision not in ("float32", "bfloat16"):
-            raise ValueError(f"a feature cache holds float32 or bfloat16 features, not {precision!r}")
+                 precision: str = "auto"):
+        precision = resolve_precision(precision)  # each resolved precision has its own folder
         self.backbone = backbone
         self.max_length = max_length
         self.precision = precision
