@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,7 +28,9 @@ from .judge import BACKENDS as JUDGE_BACKENDS
 from .judge import DEFAULT_LOCAL_MODEL
 from .judge import DEFAULT_MODEL as DEFAULT_JUDGE_MODEL
 from .judge import JudgeConfig, JudgeError, price_for, read_price_table
-from .pairs import PairFormatError, load_pairs
+from .pairs import PairFormatError, load_pairs, split_invalid
+from .experiments import benefit_markdown, denoise_benefit, write_benefit
+from .experiments import read_config as read_benefit_config
 from .score import VIEWS, ScoreConfig, load_scored, score, write_report
 from .train.losses import LOSSES
 from .train.reward import RewardTrainConfig, train_reward_model, write_training_report
@@ -37,7 +40,6 @@ EXIT_ERROR = 1
 
 #: Commands of the full product that are not built yet, and the issue that builds them.
 PLANNED: dict[str, int | None] = {
-    "compare": 5,
     "ppo": None,
 }
 
@@ -208,8 +210,20 @@ def build_parser() -> argparse.ArgumentParser:
     ppo.add_argument("--policy", default="smollm2")
     ppo.add_argument("--out", metavar="DIR")
 
-    compare = commands.add_parser("compare", help="compare denoisers end to end (planned)")
-    compare.add_argument("config", metavar="CONFIG")
+    compare = commands.add_parser(
+        "compare", help="end-to-end comparisons from a config file (the denoising-benefit experiment)",
+        description="--stage rm: split the pairs into train and clean test parts, plant label flips in the "
+        "train part, score it, apply every denoiser and train a reward model per denoiser (plus no "
+        "denoising and an oracle); write the clean-test accuracies (denoise_benefit.json/.md/.png). "
+        "CONFIG is a JSON file (see experiments/benefit_hh.json).",
+    )
+    compare.add_argument("config", metavar="CONFIG", help="a JSON benefit config")
+    compare.add_argument("--stage", choices=("rm",), default="rm", help="what to compare (rm: reward models)")
+    compare.add_argument("--seeds", type=int, default=None, help="override the config's seed count")
+    compare.add_argument("--cache-dir", metavar="DIR", help="feature cache (default $RMCLEAN_CACHE_DIR or ~/.cache/rmclean)")
+    compare.add_argument("--quiet", action="store_true", help="no progress lines")
+    compare.add_argument("--out", metavar="DIR", default="compare", help="output folder (default: compare)")
+    compare.set_defaults(run=_run_compare)
 
     for name, issue in PLANNED.items():
         commands.choices[name].set_defaults(run=_not_built(name, issue))
@@ -501,6 +515,24 @@ def _run_train_rm(args: argparse.Namespace) -> int:
               f"calibration error {m['calibration_error']:.3f} ({m['pairs']:,} pairs)" for name, m in metrics["eval"].items()]
     lines.append("wrote " + ", ".join(str(path) for path in written))
     print("\n".join(lines))
+    return 0
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    config = read_benefit_config(args.config)
+    if args.seeds is not None:
+        config = replace(config, seeds=args.seeds)
+    pairs = load_pairs(config.source, **config.loading)
+
+    def report(record: dict[str, Any]) -> None:
+        if not args.quiet:
+            print(f"seed {record['seed']} {record['noise']} flips {record['rate']:.0%}: oracle "
+                  f"{record['oracle']['accuracy']:.3f}, no denoising {record['none']['accuracy']:.3f}", flush=True)
+
+    records = denoise_benefit(pairs, config, cache_dir=args.cache_dir, progress=not args.quiet, report=report)
+    written = write_benefit(records, config, args.out, len(split_invalid(pairs)[0]))
+    print(benefit_markdown(records, config, len(split_invalid(pairs)[0])))
+    print("wrote " + ", ".join(str(path) for path in written))
     return 0
 
 

@@ -109,3 +109,30 @@ def training_curves(curves: dict):
         accuracy_axes.legend(fontsize=7)
     figure.tight_layout()
     return figure
+
+
+def benefit_curves(records: list[dict], rates, noises,
+                   methods=("oracle", "none", "flip 20%", "drop 20%", "margin", "soft-label 20%", "flip+margin 20%")):
+    """Clean-test accuracy against the planted flip rate, mean ± sd over seeds, one panel per
+    noise kind (the denoising-benefit experiment)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(noises), figsize=(6 * len(noises), 4), squeeze=False)
+    for axis, noise in zip(axes[0], noises):
+        for method in methods:
+            values = [[row[method]["accuracy"] for row in records
+                       if row["noise"] == noise and row["rate"] == rate and "accuracy" in row.get(method, {})]
+                      for rate in rates]
+            if not any(values):
+                continue
+            axis.errorbar(rates, [np.mean(v) if v else np.nan for v in values],
+                          yerr=[np.std(v) if v else np.nan for v in values], marker="o", capsize=3, label=method)
+        axis.set_xlabel("planted flip rate in the train part")
+        axis.set_ylabel("clean-test accuracy")
+        axis.set_title(f"{noise} flips")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure

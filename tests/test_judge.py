@@ -198,7 +198,8 @@ def test_killed_run_resumes_without_asking_twice(tmp_path, api_key):
     scores = scores_dir(tmp_path / "data", pair_rows(24))
     cache = tmp_path / "judge.sqlite"
     env = {**os.environ, "OPENAI_API_KEY": KEY, "PYTHONPATH": str(PROJECT)}
-    with JudgeServer(delay_s=0.15) as server:
+    # slow replies (48 requests, 2 at a time: about 10 s) so the signals land mid-run even on a busy machine
+    with JudgeServer(delay_s=0.4) as server:
         command = [sys.executable, "-m", "rmclean", "check", str(scores), "--base-url", server.url, "--model",
                    "judge-test", "--cache", str(cache), "--out", str(tmp_path / "out"), "--concurrency", "2", "--quiet"]
 

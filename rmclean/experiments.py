@@ -1,0 +1,264 @@
+"""End-to-end comparisons from a config file: the denoising-benefit experiment
+(``rmclean compare --stage rm CONFIG``).
+
+For each seed the valid pairs are split into a train part and a clean test part,
+stratified by source; labels in the train part are flipped at each rate, either at random
+or targeted at low-strength pairs (drawn from the 2 × rate fraction with the smallest
+|strength| under an ensemble trained on the clean labels: the hard-to-detect kind); the
+corrupted train part is scored by the ensemble (cross-fitted, per source; the test part
+never informs a choice); each denoiser (:func:`rmclean.denoise.plan`) is applied and a reward
+model is trained with the matching loss, next to no denoising and an oracle trained on the
+uncorrupted labels. Reward models are heads on the scorer's features, one per training
+group (source), so each test pair is scored by its source's head.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .denoise import DenoiseConfig, DenoiseError, plan
+from .pairs import split_invalid
+from .score import ScoreConfig, pair_features, training_groups, view_margins
+from .train.reward import RewardTrainConfig, preference_metrics, train_head
+
+#: Denoisers compared by default: the paper's fractions (10%, 20%) and the ``negative`` rule.
+DEFAULT_DENOISERS: dict[str, DenoiseConfig] = {
+    "flip 10%": DenoiseConfig("flip", "fraction:0.1"),
+    "flip 20%": DenoiseConfig("flip", "fraction:0.2"),
+    "flip negative": DenoiseConfig("flip", "negative"),
+    "drop 10%": DenoiseConfig("drop", "fraction:0.1"),
+    "drop 20%": DenoiseConfig("drop", "fraction:0.2"),
+    "drop negative": DenoiseConfig("drop", "negative"),
+    "margin": DenoiseConfig("margin"),
+    "soft-label 10%": DenoiseConfig("soft-label", "fraction:0.1"),
+    "soft-label 20%": DenoiseConfig("soft-label", "fraction:0.2"),
+    "soft-label negative (α from members)": DenoiseConfig("soft-label", "negative", alpha="members"),
+    "flip+margin 10%": DenoiseConfig("flip+margin", "fraction:0.1"),
+    "flip+margin 20%": DenoiseConfig("flip+margin", "fraction:0.2"),
+    "flip+margin negative": DenoiseConfig("flip+margin", "negative"),
+    "soft-label+margin 10%": DenoiseConfig("soft-label+margin", "fraction:0.1"),
+    "soft-label+margin 20%": DenoiseConfig("soft-label+margin", "fraction:0.2"),
+}
+#: The reward-model loss each method trains with.
+LOSS_OF = {"flip": "bt", "drop": "bt", "margin": "margin", "soft-label": "soft-label", "flip+margin": "margin",
+           "soft-label+margin": "soft-label+margin"}
+NOISE_KINDS = ("random", "targeted")
+
+
+@dataclass(frozen=True)
+class BenefitConfig:
+    """The denoising-benefit experiment. ``source`` and ``loading`` are the
+    :func:`rmclean.load_pairs` call; ``score`` and ``reward`` the scorer's and the reward
+    model's settings (the reward heads read the scorer's views)."""
+
+    source: str = "hh-rlhf"
+    loading: dict[str, Any] = field(default_factory=dict)
+    seeds: int = 3
+    rates: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4)
+    noise: tuple[str, ...] = NOISE_KINDS
+    test_fraction: float = 0.3
+    score: ScoreConfig = ScoreConfig()
+    reward: RewardTrainConfig = RewardTrainConfig()
+    denoisers: dict[str, DenoiseConfig] = field(default_factory=lambda: dict(DEFAULT_DENOISERS))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rates", tuple(float(r) for r in self.rates))
+        object.__setattr__(self, "noise", tuple(self.noise))
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be at least 1, got {self.seeds}")
+        if not self.rates or any(not 0 <= r < 0.5 for r in self.rates):
+            raise ValueError(f"rates must lie in [0, 0.5), got {self.rates}")
+        if unknown := [n for n in self.noise if n not in NOISE_KINDS]:
+            raise ValueError(f"noise kinds are {', '.join(NOISE_KINDS)}, got {unknown}")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"test_fraction must lie in (0, 1), got {self.test_fraction}")
+        if self.reward.mode != "heads":
+            raise ValueError("the benefit experiment trains reward heads on the scorer's features (reward.mode 'heads')")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "BenefitConfig":
+        """A config from plain values (a JSON file): ``score`` and ``reward`` are dicts of
+        :class:`ScoreConfig` / :class:`RewardTrainConfig` fields, ``denoisers`` maps names to
+        :class:`DenoiseConfig` fields. Unknown keys are errors."""
+        values = dict(values)
+        known = set(cls.__dataclass_fields__)
+        if unknown := sorted(set(values) - known):
+            raise ValueError(f"unknown keys {unknown} in the benefit config; known: {sorted(known)}")
+        score = ScoreConfig(**values.pop("score", {}))
+        reward = RewardTrainConfig(**{"views": score.views, "backbone": score.backbone, **values.pop("reward", {})})
+        denoisers = values.pop("denoisers", None)
+        if denoisers is not None:
+            denoisers = {name: DenoiseConfig(**options) for name, options in denoisers.items()}
+        return cls(score=score, reward=reward, **({"denoisers": denoisers} if denoisers is not None else {}), **values)
+
+
+def read_config(path: str | os.PathLike) -> BenefitConfig:
+    """A :class:`BenefitConfig` from a JSON file; errors name the file."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+        return BenefitConfig.from_dict(values)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such config file") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    except TypeError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def split(sources: np.ndarray, seed: int, test_fraction: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test indices, stratified by source."""
+    rng = np.random.default_rng([seed, 11])
+    test = np.zeros(sources.size, dtype=bool)
+    for name in np.unique(sources):
+        index = rng.permutation(np.flatnonzero(sources == name))
+        test[index[: int(round(test_fraction * index.size))]] = True
+    return np.flatnonzero(~test), np.flatnonzero(test)
+
+
+def plant(n_pairs: int, rate: float, seed: int, clean_strength: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask of the train pairs to flip: at random, or (with ``clean_strength``)
+    among the 2 × rate fraction with the smallest |strength|."""
+    rng = np.random.default_rng([seed, 13, int(round(rate * 1000))])
+    flipped = np.zeros(n_pairs, dtype=bool)
+    count = int(round(rate * n_pairs))
+    if count == 0:
+        return flipped
+    pool = np.arange(n_pairs) if clean_strength is None else np.argsort(np.abs(clean_strength))[: min(n_pairs, 2 * count)]
+    flipped[rng.choice(pool, size=count, replace=False)] = True
+    return flipped
+
+
+def train_and_test(train_views, test_views, train_groups: dict[str, np.ndarray], test_groups: dict[str, np.ndarray],
+                   config: RewardTrainConfig, *, flip=None, weight=None, margin=None, soft_label=None) -> dict[str, float]:
+    """One reward head per group on the (possibly denoised) train features; clean-test metrics."""
+    chosen, rejected = np.hstack([c for c, _ in train_views]), np.hstack([r for _, r in train_views])
+    if flip is not None:
+        chosen, rejected = np.where(flip[:, None], rejected, chosen), np.where(flip[:, None], chosen, rejected)
+    test_chosen, test_rejected = np.hstack([c for c, _ in test_views]), np.hstack([r for _, r in test_views])
+    delta = np.zeros(test_chosen.shape[0])
+    for name, index in train_groups.items():
+        def pick(values):
+            return None if values is None else values[index]
+
+        model, _ = train_head(chosen[index], rejected[index], config, margin=pick(margin),
+                              soft_label=pick(soft_label), weight=pick(weight))
+        test_index = test_groups[name]
+        delta[test_index] = (model.reward_of_features(test_chosen[test_index])
+                             - model.reward_of_features(test_rejected[test_index]))
+    return preference_metrics(delta)
+
+
+def denoise_benefit(pairs, config: BenefitConfig = BenefitConfig(), *, cache_dir=None, progress: bool = True,
+                    report: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Run the experiment on the valid pairs of ``pairs``. Returns one record per (seed,
+    noise, rate): ``{"seed", "noise", "rate", "oracle": metrics, "none": metrics, NAME:
+    metrics (+ "found_flips": the share of selected pairs that were planted flips) or
+    {"skipped": reason}}``; ``report`` is called with each record as it is done."""
+    valid, _ = split_invalid(pairs)
+    views = [pair_features(valid, config.score, view=view, cache_dir=cache_dir, progress=progress)[:2]
+             for view in config.score.views]
+    sources = np.array(valid["source"])
+    records = []
+    for seed in range(config.seeds):
+        train, test = split(sources, seed, config.test_fraction)
+        score_config = replace(config.score, seed=seed)
+        reward_config = replace(config.reward, seed=seed)
+        train_groups = training_groups(valid.select(train), score_config)
+        test_groups = {name: np.flatnonzero(np.isin(sources[test], np.unique(sources[train][index])))
+                       for name, index in train_groups.items()}
+        train_views = [(c[train], r[train]) for c, r in views]
+        test_views = [(c[test], r[test]) for c, r in views]
+        clean_strength = view_margins(train_views, train_groups, score_config.head_config()).mean(axis=1)
+        oracle = train_and_test(train_views, test_views, train_groups, test_groups, reward_config)
+        for noise in config.noise:
+            for rate in config.rates:
+                flipped = plant(train.size, rate, seed, clean_strength if noise == "targeted" else None)
+                noisy = [(np.where(flipped[:, None], r, c), np.where(flipped[:, None], c, r)) for c, r in train_views]
+                record: dict[str, Any] = {
+                    "seed": seed, "noise": noise, "rate": rate, "oracle": oracle,
+                    "none": train_and_test(noisy, test_views, train_groups, test_groups, reward_config),
+                }
+                member_margins = view_margins(noisy, train_groups, score_config.head_config())
+                for name, denoiser in config.denoisers.items():
+                    try:
+                        planned = plan(member_margins, denoiser)
+                    except DenoiseError as exc:  # a rule that selects no pair or every pair
+                        record[name] = {"skipped": str(exc)}
+                        continue
+                    record[name] = train_and_test(
+                        noisy, test_views, train_groups, test_groups,
+                        replace(reward_config, loss=LOSS_OF[denoiser.method]),
+                        flip=planned.flip, weight=np.where(planned.drop, 0.0, 1.0),
+                        margin=planned.margin if denoiser.uses_margin else None,
+                        soft_label=planned.soft_label if denoiser.method.startswith("soft-label") else None)
+                    record[name]["found_flips"] = (float(flipped[planned.selected].mean())
+                                                   if planned.selected.any() else None)
+                records.append(record)
+                if report is not None:
+                    report(record)
+    return records
+
+
+def benefit_markdown(records: list[dict[str, Any]], config: BenefitConfig, n_pairs: int) -> str:
+    """Tables of clean-test accuracy (mean ± sd over seeds) per method and rate, and the
+    share of the lost accuracy each method recovers, per noise kind."""
+    methods = ["oracle", "none", *config.denoisers]
+    lines = [f"Denoising benefit on {n_pairs:,} pairs ({1 - config.test_fraction:.0%} train with planted flips, "
+             f"{config.test_fraction:.0%} clean test), {config.seeds} seed(s), reward heads per source on the "
+             f"scorer's features; clean-test accuracy, mean ± sd over seeds.", ""]
+    rates = config.rates
+    for noise in config.noise:
+        accuracy = {(rate, method): [row[method]["accuracy"] for row in records
+                                     if row["noise"] == noise and row["rate"] == rate and "accuracy" in row[method]]
+                    for rate in rates for method in methods}
+        lines += [f"**{noise} flips**", "", "| method | " + " | ".join(f"{r:.0%}" for r in rates) + " |",
+                  "|---|" + "---:|" * len(rates)]
+        for method in methods:
+            cells = [f"{np.mean(accuracy[(r, method)]):.3f} ± {np.std(accuracy[(r, method)]):.3f}"
+                     if accuracy[(r, method)] else "n/a" for r in rates]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        noisy_rates = [r for r in rates if r > 0]
+        lines += ["", "Share of the clean-test accuracy lost to the noise that each method recovers over the seeds: "
+                  "(mean method − mean none) / (mean oracle − mean none). Every method is fixed in advance; "
+                  "picking the best row is itself a choice made on the test part.",
+                  "", "| method | " + " | ".join(f"{r:.0%}" for r in noisy_rates) + " |",
+                  "|---|" + "---:|" * len(noisy_rates)]
+        for method in methods[2:]:
+            cells = []
+            for rate in noisy_rates:
+                mean = {m: np.mean(accuracy[(rate, m)]) if accuracy[(rate, m)] else np.nan
+                        for m in ("oracle", "none", method)}
+                lost = mean["oracle"] - mean["none"]
+                cells.append(f"{(mean[method] - mean['none']) / lost:.2f}" if lost > 0.005 else f"n/a (lost {lost:.3f})")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_benefit(records: list[dict[str, Any]], config: BenefitConfig, folder: str | os.PathLike,
+                  n_pairs: int, stem: str = "denoise_benefit") -> list[Path]:
+    """Write ``<stem>.json`` (config and records), ``<stem>.md`` and ``<stem>.png`` into ``folder``."""
+    from . import plots
+    from .files import write_text
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {"config": asdict(config), "records": records}
+    written = [write_text(folder / f"{stem}.json", json.dumps(payload, indent=2, default=str) + "\n"),
+               write_text(folder / f"{stem}.md", benefit_markdown(records, config, n_pairs))]
+    plots.save(plots.benefit_curves(records, config.rates, config.noise), folder / f"{stem}.png")
+    written.append(folder / f"{stem}.png")
+    return written
+
+
+__all__ = ["DEFAULT_DENOISERS", "LOSS_OF", "BenefitConfig", "benefit_markdown", "denoise_benefit", "plant",
+           "read_config", "split", "train_and_test", "write_benefit"]
