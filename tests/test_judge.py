@@ -204,7 +204,10 @@ def test_killed_run_resumes_without_asking_twice(tmp_path, api_key):
                    "judge-test", "--cache", str(cache), "--out", str(tmp_path / "out"), "--concurrency", "2", "--quiet"]
 
         def interrupt(after: int, sig: int) -> subprocess.CompletedProcess:
-            process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            # a job started in the background of a non-interactive shell (as CI may run us) inherits an
+            # ignored SIGINT, and Python then never raises KeyboardInterrupt: give the child a terminal's default
+            process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
             deadline = time.time() + 60
             while len(server.completed()) < after and time.time() < deadline and process.poll() is None:
                 time.sleep(0.02)
