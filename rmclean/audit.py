@@ -166,10 +166,9 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 def plot(result: dict[str, Any]):
     """AUROC against planted flip rate, one line per detector."""
-    import matplotlib
+    from .plots import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(figsize=(6, 3.5))
     for detector in DETECTORS:

@@ -7,12 +7,20 @@ import numpy as np
 from .strength import decile_table
 
 
-def strength_histogram(strength_mean: np.ndarray, bins: int = 60):
-    """Histogram of strength_mean with the share of pairs below zero."""
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend unless a backend is already chosen
+    (figures are written to files; notebooks keep their inline backend)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def strength_histogram(strength_mean: np.ndarray, bins: int = 60):
+    """Histogram of strength_mean with the share of pairs below zero."""
+    plt = pyplot()
 
     figure, axes = plt.subplots(figsize=(6, 3.5))
     axes.hist(strength_mean, bins=bins, color="#4C72B0")
@@ -27,10 +35,7 @@ def strength_histogram(strength_mean: np.ndarray, bins: int = 60):
 
 def strength_by_decile(strength_mean: np.ndarray, strength_std: np.ndarray):
     """Mean and std of strength per strength_mean decile (the paper's U-shaped std)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = decile_table(np.asarray(strength_mean), np.asarray(strength_std))
     bins = [row["bin"] for row in rows]
@@ -59,10 +64,7 @@ def save(figure, path) -> None:
 def agreement_by_strength(agreement: dict):
     """Judge agreement with the dataset labels per strength_mean bin (``agreement`` as
     :func:`rmclean.check.agreement_bins` returns it), with the share of ties below it."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     bins = agreement["bins"]
     numbers = [entry["bin"] for entry in bins]
@@ -87,10 +89,7 @@ def agreement_by_strength(agreement: dict):
 
 def training_curves(curves: dict):
     """Accuracy and mean margin of each eval set, and the training loss, against epochs."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, (accuracy_axes, margin_axes) = plt.subplots(1, 2, figsize=(10, 3.5))
     epochs = curves["epochs"]
@@ -115,10 +114,7 @@ def benefit_curves(records: list[dict], rates, noises,
                    methods=("oracle", "none", "flip 20%", "drop 20%", "margin", "soft-label 20%", "flip+margin 20%")):
     """Clean-test accuracy against the planted flip rate, mean ± sd over seeds, one panel per
     noise kind (the denoising-benefit experiment)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(1, len(noises), figsize=(6 * len(noises), 4), squeeze=False)
     for axis, noise in zip(axes[0], noises):
