@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 import rmclean
-from rmclean.experiments import BenefitConfig, denoise_benefit, read_config, write_benefit
+from rmclean.experiments import BenefitConfig, benefit_pairs, denoise_benefit, read_config, write_benefit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -33,7 +33,7 @@ def main() -> None:
     if args.seeds is not None:
         config = replace(config, seeds=args.seeds)
     started = time.perf_counter()
-    pairs, _ = rmclean.split_invalid(rmclean.load_pairs(config.source, **config.loading))
+    pairs = rmclean.load_pairs(config.source, **config.loading)
 
     def report(record: dict) -> None:
         scored = [name for name in config.denoisers if "accuracy" in record[name]]
@@ -44,7 +44,7 @@ def main() -> None:
               f"({time.perf_counter() - started:.0f} s)", flush=True)
 
     records = denoise_benefit(pairs, config, progress=False, report=report)
-    for path in write_benefit(records, config, RESULTS, len(pairs), stem=args.name):
+    for path in write_benefit(records, config, RESULTS, len(benefit_pairs(pairs, config)), stem=args.name):
         print("wrote", path)
     print((RESULTS / f"{args.name}.md").read_text())
 

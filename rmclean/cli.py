@@ -28,8 +28,8 @@ from .judge import BACKENDS as JUDGE_BACKENDS
 from .judge import DEFAULT_LOCAL_MODEL
 from .judge import DEFAULT_MODEL as DEFAULT_JUDGE_MODEL
 from .judge import JudgeConfig, JudgeError, price_for, read_price_table
-from .pairs import PairFormatError, load_pairs, split_invalid
-from .experiments import benefit_markdown, denoise_benefit, write_benefit
+from .pairs import PairFormatError, load_pairs
+from .experiments import benefit_markdown, benefit_pairs, denoise_benefit, write_benefit
 from .experiments import read_config as read_benefit_config
 from .score import VIEWS, ScoreConfig, load_scored, score, write_report
 from .train.losses import LOSSES
@@ -530,8 +530,9 @@ def _run_compare(args: argparse.Namespace) -> int:
                   f"{record['oracle']['accuracy']:.3f}, no denoising {record['none']['accuracy']:.3f}", flush=True)
 
     records = denoise_benefit(pairs, config, cache_dir=args.cache_dir, progress=not args.quiet, report=report)
-    written = write_benefit(records, config, args.out, len(split_invalid(pairs)[0]))
-    print(benefit_markdown(records, config, len(split_invalid(pairs)[0])))
+    n_pairs = len(benefit_pairs(pairs, config))
+    written = write_benefit(records, config, args.out, n_pairs)
+    print(benefit_markdown(records, config, n_pairs))
     print("wrote " + ", ".join(str(path) for path in written))
     return 0
 

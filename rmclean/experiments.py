@@ -54,7 +54,9 @@ NOISE_KINDS = ("random", "targeted")
 @dataclass(frozen=True)
 class BenefitConfig:
     """The denoising-benefit experiment. ``source`` and ``loading`` are the
-    :func:`rmclean.load_pairs` call; ``score`` and ``reward`` the scorer's and the reward
+    :func:`rmclean.load_pairs` call; ``min_score_gap`` keeps only pairs whose rated scores
+    (``score_chosen`` − ``score_rejected``, as UltraFeedback rows carry) differ by at least
+    that much, a cleaner set; ``score`` and ``reward`` are the scorer's and the reward
     model's settings (the reward heads read the scorer's views)."""
 
     source: str = "hh-rlhf"
@@ -63,6 +65,7 @@ class BenefitConfig:
     rates: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4)
     noise: tuple[str, ...] = NOISE_KINDS
     test_fraction: float = 0.3
+    min_score_gap: float | None = None
     score: ScoreConfig = ScoreConfig()
     reward: RewardTrainConfig = RewardTrainConfig()
     denoisers: dict[str, DenoiseConfig] = field(default_factory=lambda: dict(DEFAULT_DENOISERS))
@@ -114,6 +117,35 @@ def read_config(path: str | os.PathLike) -> BenefitConfig:
         raise ValueError(f"{path}: {exc}") from None
 
 
+def score_gaps(pairs) -> np.ndarray:
+    """``score_chosen − score_rejected`` of each pair, ``(n_pairs,)``, from top-level columns or
+    a ``metadata`` dict (UltraFeedback); an error when the pairs carry no such scores."""
+    columns = set(pairs.column_names)
+    if {"score_chosen", "score_rejected"} <= columns:
+        chosen, rejected = pairs["score_chosen"], pairs["score_rejected"]
+    elif "metadata" in columns:
+        metadata = [m if isinstance(m, dict) else {} for m in pairs["metadata"]]
+        chosen = [m.get("score_chosen") for m in metadata]
+        rejected = [m.get("score_rejected") for m in metadata]
+    else:
+        raise ValueError("min_score_gap needs score_chosen / score_rejected per pair (top level or in metadata)")
+    gaps = np.array([np.nan if c is None or r is None else float(c) - float(r) for c, r in zip(chosen, rejected)])
+    if np.isnan(gaps).all():
+        raise ValueError("min_score_gap needs score_chosen / score_rejected per pair; none has them")
+    return gaps
+
+
+def benefit_pairs(pairs, config: BenefitConfig):
+    """The pairs the experiment uses: the valid ones, with a score gap of at least
+    ``config.min_score_gap`` when one is set."""
+    valid, _ = split_invalid(pairs)
+    if config.min_score_gap is not None:
+        valid = valid.select(np.flatnonzero(score_gaps(valid) >= config.min_score_gap))
+        if len(valid) == 0:
+            raise ValueError(f"no pair has a score gap of at least {config.min_score_gap}")
+    return valid
+
+
 def split(sources: np.ndarray, seed: int, test_fraction: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
     """Train and test indices, stratified by source."""
     rng = np.random.default_rng([seed, 11])
@@ -163,7 +195,7 @@ def denoise_benefit(pairs, config: BenefitConfig = BenefitConfig(), *, cache_dir
     noise, rate): ``{"seed", "noise", "rate", "oracle": metrics, "none": metrics, NAME:
     metrics (+ "found_flips": the share of selected pairs that were planted flips) or
     {"skipped": reason}}``; ``report`` is called with each record as it is done."""
-    valid, _ = split_invalid(pairs)
+    valid = benefit_pairs(pairs, config)
     views = [pair_features(valid, config.score, view=view, cache_dir=cache_dir, progress=progress)[:2]
              for view in config.score.views]
     sources = np.array(valid["source"])
@@ -212,7 +244,9 @@ def benefit_markdown(records: list[dict[str, Any]], config: BenefitConfig, n_pai
     """Tables of clean-test accuracy (mean ± sd over seeds) per method and rate, and the
     share of the lost accuracy each method recovers, per noise kind."""
     methods = ["oracle", "none", *config.denoisers]
-    lines = [f"Denoising benefit on {n_pairs:,} pairs ({1 - config.test_fraction:.0%} train with planted flips, "
+    gap = f" with a score gap of at least {config.min_score_gap:g}" if config.min_score_gap is not None else ""
+    lines = [f"Denoising benefit on {n_pairs:,} pairs of {config.source}{gap} ({1 - config.test_fraction:.0%} train "
+             f"with planted flips, "
              f"{config.test_fraction:.0%} clean test), {config.seeds} seed(s), reward heads per source on the "
              f"scorer's features; clean-test accuracy, mean ± sd over seeds.", ""]
     rates = config.rates
@@ -260,5 +294,5 @@ def write_benefit(records: list[dict[str, Any]], config: BenefitConfig, folder: 
     return written
 
 
-__all__ = ["DEFAULT_DENOISERS", "LOSS_OF", "BenefitConfig", "benefit_markdown", "denoise_benefit", "plant",
-           "read_config", "split", "train_and_test", "write_benefit"]
+__all__ = ["DEFAULT_DENOISERS", "LOSS_OF", "BenefitConfig", "benefit_markdown", "benefit_pairs", "denoise_benefit", "plant",
+           "read_config", "score_gaps", "split", "train_and_test", "write_benefit"]

@@ -66,3 +66,14 @@ def test_benefit_on_real_pairs_and_the_compare_command(real_data_env, tmp_path, 
     assert written["config"]["seeds"] == 1 and len(written["records"]) == 2
     assert written["records"][1]["none"]["accuracy"] == pytest.approx(noisy["none"]["accuracy"])  # seeded
     assert (tmp_path / "out" / "denoise_benefit.png").stat().st_size > 1000
+
+
+def test_score_gaps_from_columns_or_metadata():
+    from rmclean.experiments import score_gaps
+
+    top = rmclean.load_pairs([{"prompt": "q", "chosen": "a", "rejected": "b", "score_chosen": 5, "score_rejected": 2}])
+    nested = rmclean.load_pairs([{"prompt": "q", "chosen": "a", "rejected": "b",
+                                  "metadata": {"score_chosen": 4.5, "score_rejected": 4.0}}])
+    assert score_gaps(top).tolist() == [3.0] and score_gaps(nested).tolist() == [0.5]
+    with pytest.raises(ValueError, match="needs score_chosen / score_rejected"):
+        score_gaps(rmclean.load_pairs([{"prompt": "q", "chosen": "a", "rejected": "b"}]))
