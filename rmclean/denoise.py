@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from .score import Scores
+from .strength import aggregate
 
 METHODS = ("flip", "drop", "margin", "soft-label", "flip+margin", "soft-label+margin")
 ACTIONS = ("keep", "flip", "drop", "soften", "invalid")
@@ -87,10 +88,7 @@ def select(strength_mean: np.ndarray, strength_std: np.ndarray, rule: str | Sele
     if selection.kind == "negative":
         return strength_mean < 0
     if selection.kind == "zscore":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.where(strength_std > 0, strength_mean / np.asarray(strength_std, dtype=np.float64),
-                         np.sign(strength_mean) * np.inf)
-        return np.nan_to_num(z, nan=0.0) < selection.values[0]
+        return z_scores(strength_mean, strength_std) < selection.values[0]
     rank = np.empty(n_pairs, dtype=np.int64)
     rank[np.argsort(strength_mean, kind="stable")] = np.arange(n_pairs)
     if selection.kind == "fraction":
@@ -154,10 +152,17 @@ def soft_labels(member_margins: np.ndarray, alpha: float | str) -> np.ndarray:
         return np.full(member_margins.shape[0], 1.0 - float(alpha))
     if alpha == "members":
         return (member_margins > 0).mean(axis=1) + 0.5 * (member_margins == 0).mean(axis=1)
-    strength_mean, strength_std = member_margins.mean(axis=1), member_margins.std(axis=1)
+    return ndtr(z_scores(*aggregate(member_margins)))
+
+
+def z_scores(strength_mean: np.ndarray, strength_std: np.ndarray) -> np.ndarray:
+    """strength_mean / strength_std per pair; a zero std counts as an infinitely confident
+    pair (a huge ±z, or 0 when the mean is 0 too)."""
+    strength_mean = np.asarray(strength_mean, dtype=np.float64)
+    strength_std = np.asarray(strength_std, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(strength_std > 0, strength_mean / strength_std, np.sign(strength_mean) * np.inf)
-    return ndtr(np.nan_to_num(z, nan=0.0))
+    return np.nan_to_num(z, nan=0.0)
 
 
 @dataclass(frozen=True)
@@ -182,7 +187,7 @@ def plan(member_margins: np.ndarray, config: DenoiseConfig) -> Plan:
     array form of :func:`denoise`, for trainers and experiments. A rule that selects no
     pair or every pair is an error."""
     member_margins = np.asarray(member_margins, dtype=np.float64)
-    strength_mean, strength_std = member_margins.mean(axis=1), member_margins.std(axis=1)
+    strength_mean, strength_std = aggregate(member_margins)
     n_pairs = strength_mean.size
     selected = np.zeros(n_pairs, dtype=bool)
     if config.rule is not None:
@@ -358,4 +363,4 @@ def denoise_summary(result, config: DenoiseConfig, scores: Scores | None = None)
 
 
 __all__ = ["ACTIONS", "METHODS", "DenoiseConfig", "DenoiseError", "Plan", "Selection", "apply_actions", "denoise",
-           "denoise_summary", "match_scores", "parse_selection", "plan", "select", "soft_labels"]
+           "denoise_summary", "match_scores", "parse_selection", "plan", "select", "soft_labels", "z_scores"]
