@@ -260,13 +260,11 @@ def reward_model_pair_margins(name: str, valid, max_length: int, *, cache_dir=No
     ``rmclean train-rm`` (a head on backbone features), or any HF sequence-classification
     reward model reading the dialogue text."""
     from .reward_models import reward_model_margins
-    from .train.reward import HeadRewardModel, is_head_reward_model
+    from .train.reward import HeadRewardModel, is_head_reward_model, pair_deltas
 
     if is_head_reward_model(name):
-        model = HeadRewardModel.load(Path(name).expanduser())
-        prompts = list(valid["prompt"])
-        return (model.reward(prompts, list(valid["chosen"]), cache_dir=cache_dir, progress=progress)
-                - model.reward(prompts, list(valid["rejected"]), cache_dir=cache_dir, progress=progress))
+        return pair_deltas(HeadRewardModel.load(Path(name).expanduser()), valid, cache_dir=cache_dir,
+                           progress=progress)
     chosen_texts, rejected_texts = scoring_texts(valid)
     return reward_model_margins(name, chosen_texts, rejected_texts, max_length, progress=progress)
 

@@ -10,6 +10,7 @@ It saves to a folder (``reward_model.json`` + ``head.pt``) that :meth:`HeadRewar
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -151,16 +152,33 @@ class FinetunedRewardModel:
     batch_size: int = 16
 
     def reward(self, prompts: list[str] | str, responses: list[str] | str, *, progress: bool = False, **_) -> np.ndarray:
-        from ..reward_models import load_reward_model, rewards
+        from ..reward_models import rewards
         from ..score import scoring_text
 
         if isinstance(prompts, str) and isinstance(responses, str):
             prompts, responses = [prompts], [responses]
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        tokenizer, model = load_reward_model(self.folder)
+        tokenizer, model = self._loaded
         texts = [scoring_text(p, r) for p, r in zip(prompts, responses)]
         return rewards(tokenizer, model, texts, self.max_length, self.batch_size, progress)
+
+    @functools.cached_property
+    def _loaded(self):
+        """``(tokenizer, model)``, read from ``folder`` once."""
+        from ..reward_models import load_reward_model
+
+        return load_reward_model(self.folder)
+
+
+def pair_deltas(model: "HeadRewardModel | FinetunedRewardModel", pairs, *, cache_dir=None,
+                progress: bool = False) -> np.ndarray:
+    """r(chosen) − r(rejected) of a trained reward model on ``pairs``, shape ``(n_pairs,)``,
+    in one reward pass over both responses."""
+    prompts = list(pairs["prompt"])
+    rewards = model.reward(prompts + prompts, list(pairs["chosen"]) + list(pairs["rejected"]),
+                           cache_dir=cache_dir, progress=progress)
+    return rewards[: len(prompts)] - rewards[len(prompts):]
 
 
 def load_reward_model(folder: str | os.PathLike) -> "HeadRewardModel | FinetunedRewardModel":
@@ -363,13 +381,8 @@ def _finetune(train, config: RewardTrainConfig, test_pairs: dict[str, Any], marg
     tokenizer.save_pretrained(folder)
     write_text(folder / FINETUNED_FILE, json.dumps({"max_length": config.max_length, "config": asdict(config)}) + "\n")
     model = FinetunedRewardModel(str(folder), max_length=config.max_length)
-
-    def delta(pairs) -> np.ndarray:
-        prompts = list(pairs["prompt"])
-        return model.reward(prompts, list(pairs["chosen"])) - model.reward(prompts, list(pairs["rejected"]))
-
-    final = {name: preference_metrics(delta(pairs)) for name, pairs in test_pairs.items()}
-    metrics = {"eval": final, "train": preference_metrics(delta(train)),
+    final = {name: preference_metrics(pair_deltas(model, pairs)) for name, pairs in test_pairs.items()}
+    metrics = {"eval": final, "train": preference_metrics(pair_deltas(model, train)),
                "curves": {"epochs": [config.epochs], "train_loss": [], "eval": {n: [m] for n, m in final.items()}},
                "config": asdict(config)}
     return model, metrics
@@ -407,5 +420,5 @@ def write_training_report(model: "HeadRewardModel | FinetunedRewardModel", metri
 
 
 __all__ = ["FinetunedRewardModel", "HeadRewardModel", "RewardTrainConfig", "build_head", "is_head_reward_model",
-           "load_reward_model", "pair_matrix", "preference_metrics", "save_reward_model", "train_head",
+           "load_reward_model", "pair_deltas", "pair_matrix", "preference_metrics", "save_reward_model", "train_head",
            "train_reward_model", "usable_pairs", "write_training_report"]
