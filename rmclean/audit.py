@@ -52,6 +52,11 @@ def plant_flips(n_pairs: int, rate: float, seed: int) -> np.ndarray:
     return mask
 
 
+def swap_where(flipped: np.ndarray, chosen: np.ndarray, rejected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(chosen, rejected)`` features ``(n_pairs, dim)`` with the rows of ``flipped`` pairs swapped."""
+    return np.where(flipped[:, None], rejected, chosen), np.where(flipped[:, None], chosen, rejected)
+
+
 def detection_metrics(flipped: np.ndarray, suspicion: np.ndarray) -> dict[str, float]:
     """AUROC, AUPRC and precision@k (k = number of planted flips) of ``suspicion``."""
     from sklearn.metrics import average_precision_score, roc_auc_score
@@ -87,8 +92,7 @@ def audit_features(views: list[tuple[np.ndarray, np.ndarray]], groups: dict[str,
     rows: list[dict[str, Any]] = []
     for rate in config.rates:
         flipped = plant_flips(n_pairs, rate, config.seed)
-        noisy = [(np.where(flipped[:, None], rejected, chosen), np.where(flipped[:, None], chosen, rejected))
-                 for chosen, rejected in views]
+        noisy = [swap_where(flipped, chosen, rejected) for chosen, rejected in views]
         margins = view_margins(noisy, groups, heads)
         strength_mean, strength_std = margins.mean(axis=1), margins.std(axis=1)
         suspicion = {

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .audit import swap_where
 from .denoise import DenoiseConfig, DenoiseError, plan
 from .pairs import split_invalid
 from .score import ScoreConfig, pair_features, training_groups, view_margins
@@ -174,7 +175,7 @@ def train_and_test(train_views, test_views, train_groups: dict[str, np.ndarray],
     """One reward head per group on the (possibly denoised) train features; clean-test metrics."""
     chosen, rejected = np.hstack([c for c, _ in train_views]), np.hstack([r for _, r in train_views])
     if flip is not None:
-        chosen, rejected = np.where(flip[:, None], rejected, chosen), np.where(flip[:, None], chosen, rejected)
+        chosen, rejected = swap_where(flip, chosen, rejected)
     test_chosen, test_rejected = np.hstack([c for c, _ in test_views]), np.hstack([r for _, r in test_views])
     delta = np.zeros(test_chosen.shape[0])
     for name, index in train_groups.items():
@@ -214,7 +215,7 @@ def denoise_benefit(pairs, config: BenefitConfig = BenefitConfig(), *, cache_dir
         for noise in config.noise:
             for rate in config.rates:
                 flipped = plant(train.size, rate, seed, clean_strength if noise == "targeted" else None)
-                noisy = [(np.where(flipped[:, None], r, c), np.where(flipped[:, None], c, r)) for c, r in train_views]
+                noisy = [swap_where(flipped, c, r) for c, r in train_views]
                 record: dict[str, Any] = {
                     "seed": seed, "noise": noise, "rate": rate, "oracle": oracle,
                     "none": train_and_test(noisy, test_views, train_groups, test_groups, reward_config),
