@@ -10,6 +10,12 @@ never informs a choice); each denoiser (:func:`rmclean.denoise.plan`) is applied
 model is trained with the matching loss, next to no denoising and an oracle trained on the
 uncorrupted labels. Reward models are heads on the scorer's features, one per training
 group (source), so each test pair is scored by its source's head.
+
+With ``judgements`` (a ``rmclean check`` folder, or any table of ``pair_id`` and
+``judge_verdict``: a judge's or gold labels) every reward model is also measured on the
+paper's three test sets: the ``original`` test labels, the ``agreeing`` test pairs (where the
+independent label is the dataset's), and the ``independent`` labels themselves (the test
+pairs it decides, relabelled by it).
 """
 
 from __future__ import annotations
@@ -50,6 +56,10 @@ DEFAULT_DENOISERS: dict[str, DenoiseConfig] = {
 LOSS_OF = {"flip": "bt", "drop": "bt", "margin": "margin", "soft-label": "soft-label", "flip+margin": "margin",
            "soft-label+margin": "soft-label+margin"}
 NOISE_KINDS = ("random", "targeted")
+#: The paper's three test sets, measured when the config names independent ``judgements``.
+TESTSETS = ("original", "agreeing", "independent")
+#: Independent verdicts a judgements table may hold; ``tie`` (and anything else) decides nothing.
+VERDICTS = ("chosen", "rejected", "tie", "invalid", "error", "pending")
 
 
 @dataclass(frozen=True)
@@ -58,7 +68,9 @@ class BenefitConfig:
     :func:`rmclean.load_pairs` call; ``min_score_gap`` keeps only pairs whose rated scores
     (``score_chosen`` − ``score_rejected``, as UltraFeedback rows carry) differ by at least
     that much, a cleaner set; ``score`` and ``reward`` are the scorer's and the reward
-    model's settings (the reward heads read the scorer's views)."""
+    model's settings (the reward heads read the scorer's views); ``judgements`` is a path to
+    independent labels for the test part (see :func:`read_judgements`), which adds the
+    paper's three test sets to every measurement."""
 
     source: str = "hh-rlhf"
     loading: dict[str, Any] = field(default_factory=dict)
@@ -70,6 +82,7 @@ class BenefitConfig:
     score: ScoreConfig = ScoreConfig()
     reward: RewardTrainConfig = RewardTrainConfig()
     denoisers: dict[str, DenoiseConfig] = field(default_factory=lambda: dict(DEFAULT_DENOISERS))
+    judgements: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rates", tuple(float(r) for r in self.rates))
@@ -116,6 +129,47 @@ def read_config(path: str | os.PathLike) -> BenefitConfig:
         raise ValueError(f"{path}: {exc}") from None
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
+
+
+def read_judgements(path: str | os.PathLike) -> dict[str, str]:
+    """Independent labels: ``{pair_id: verdict}`` with verdicts ``chosen`` (the dataset's
+    label is right), ``rejected`` (it is reversed) or ``tie`` (no preference), read from a
+    ``rmclean check`` output folder (its ``judgements.parquet``) or any ``.parquet``,
+    ``.jsonl`` or ``.csv`` table with ``pair_id`` and ``judge_verdict`` columns (gold labels
+    written that way too). Errors name the file, and the row of a bad verdict."""
+    import pandas as pd
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "judgements.parquet"
+    readers = {".parquet": pd.read_parquet, ".jsonl": lambda p: pd.read_json(p, lines=True), ".csv": pd.read_csv}
+    if not path.is_file():
+        raise ValueError(f"{path}: no such judgements file (run rmclean check, or write pair_id and judge_verdict)")
+    if path.suffix not in readers:
+        raise ValueError(f"{path}: judgements must be a rmclean check folder or a .parquet, .jsonl or .csv table")
+    table = readers[path.suffix](path)
+    if missing := [c for c in ("pair_id", "judge_verdict") if c not in table.columns]:
+        raise ValueError(f"{path}: judgements need the columns pair_id and judge_verdict; missing {missing}")
+    verdicts: dict[str, str] = {}
+    for row, (pair, verdict) in enumerate(zip(table["pair_id"], table["judge_verdict"])):
+        if verdict not in VERDICTS:
+            raise ValueError(f"{path}: row {row}, field judge_verdict: {verdict!r} is not one of {', '.join(VERDICTS)}")
+        verdicts[str(pair)] = str(verdict)
+    return verdicts
+
+
+def testset_metrics(delta: np.ndarray, independent: np.ndarray) -> dict[str, dict[str, float] | None]:
+    """Metrics of test margins ``delta`` ``(n_test,)`` (reward of the dataset's chosen minus
+    rejected) on the three test sets, given each pair's independent verdict ``(n_test,)``
+    (``chosen``, ``rejected``, or anything else for undecided): ``None`` for an empty set."""
+    agreeing = independent == "chosen"
+    decided = agreeing | (independent == "rejected")
+    relabelled = np.where(agreeing, delta, -delta)
+    return {
+        "original": preference_metrics(delta),
+        "agreeing": preference_metrics(delta[agreeing]) if agreeing.any() else None,
+        "independent": preference_metrics(relabelled[decided]) if decided.any() else None,
+    }
 
 
 def score_gaps(pairs) -> np.ndarray:
@@ -171,8 +225,10 @@ def plant(n_pairs: int, rate: float, seed: int, clean_strength: np.ndarray | Non
 
 
 def train_and_test(train_views, test_views, train_groups: dict[str, np.ndarray], test_groups: dict[str, np.ndarray],
-                   config: RewardTrainConfig, *, flip=None, weight=None, margin=None, soft_label=None) -> dict[str, float]:
-    """One reward head per group on the (possibly denoised) train features; clean-test metrics."""
+                   config: RewardTrainConfig, *, flip=None, weight=None, margin=None, soft_label=None,
+                   independent: np.ndarray | None = None) -> dict[str, Any]:
+    """One reward head per group on the (possibly denoised) train features; clean-test metrics,
+    and with ``independent`` (a verdict per test pair) ``"testsets"``: the three test sets'."""
     chosen, rejected = np.hstack([c for c, _ in train_views]), np.hstack([r for _, r in train_views])
     if flip is not None:
         chosen, rejected = swap_where(flip, chosen, rejected)
@@ -187,7 +243,9 @@ def train_and_test(train_views, test_views, train_groups: dict[str, np.ndarray],
         test_index = test_groups[name]
         delta[test_index] = (model.reward_of_features(test_chosen[test_index])
                              - model.reward_of_features(test_rejected[test_index]))
-    return preference_metrics(delta)
+    if independent is None:
+        return preference_metrics(delta)
+    return {**preference_metrics(delta), "testsets": testset_metrics(delta, independent)}
 
 
 def denoise_benefit(pairs, config: BenefitConfig = BenefitConfig(), *, cache_dir=None, progress: bool = True,
@@ -200,9 +258,11 @@ def denoise_benefit(pairs, config: BenefitConfig = BenefitConfig(), *, cache_dir
     views = [pair_features(valid, config.score, view=view, cache_dir=cache_dir, progress=progress)[:2]
              for view in config.score.views]
     sources = np.array(valid["source"])
+    verdicts = independent_verdicts(valid, config.judgements)
     records = []
     for seed in range(config.seeds):
         train, test = split(sources, seed, config.test_fraction)
+        independent = None if verdicts is None else verdicts[test]
         score_config = replace(config.score, seed=seed)
         reward_config = replace(config.reward, seed=seed)
         train_groups = training_groups(valid.select(train), score_config)
@@ -211,14 +271,16 @@ def denoise_benefit(pairs, config: BenefitConfig = BenefitConfig(), *, cache_dir
         train_views = [(c[train], r[train]) for c, r in views]
         test_views = [(c[test], r[test]) for c, r in views]
         clean_strength = view_margins(train_views, train_groups, score_config.head_config()).mean(axis=1)
-        oracle = train_and_test(train_views, test_views, train_groups, test_groups, reward_config)
+        oracle = train_and_test(train_views, test_views, train_groups, test_groups, reward_config,
+                                independent=independent)
         for noise in config.noise:
             for rate in config.rates:
                 flipped = plant(train.size, rate, seed, clean_strength if noise == "targeted" else None)
                 noisy = [swap_where(flipped, c, r) for c, r in train_views]
                 record: dict[str, Any] = {
                     "seed": seed, "noise": noise, "rate": rate, "oracle": oracle,
-                    "none": train_and_test(noisy, test_views, train_groups, test_groups, reward_config),
+                    "none": train_and_test(noisy, test_views, train_groups, test_groups, reward_config,
+                                           independent=independent),
                 }
                 member_margins = view_margins(noisy, train_groups, score_config.head_config())
                 for name, denoiser in config.denoisers.items():
@@ -232,13 +294,27 @@ def denoise_benefit(pairs, config: BenefitConfig = BenefitConfig(), *, cache_dir
                         replace(reward_config, loss=LOSS_OF[denoiser.method]),
                         flip=planned.flip, weight=np.where(planned.drop, 0.0, 1.0),
                         margin=planned.margin if denoiser.uses_margin else None,
-                        soft_label=planned.soft_label if denoiser.method.startswith("soft-label") else None)
+                        soft_label=planned.soft_label if denoiser.method.startswith("soft-label") else None,
+                        independent=independent)
                     record[name]["found_flips"] = (float(flipped[planned.selected].mean())
                                                    if planned.selected.any() else None)
                 records.append(record)
                 if report is not None:
                     report(record)
     return records
+
+
+def independent_verdicts(valid, judgements: str | None) -> np.ndarray | None:
+    """The independent verdict of each valid pair, ``(n_pairs,)`` (``""`` where it has none),
+    from :func:`read_judgements`; ``None`` without judgements. An error when no pair has one."""
+    if judgements is None:
+        return None
+    by_pair = read_judgements(judgements)
+    verdicts = np.array([by_pair.get(pair, "") for pair in valid["pair_id"]], dtype=object)
+    if not np.isin(verdicts, ("chosen", "rejected")).any():
+        raise ValueError(f"{judgements}: no pair of the benefit set has a chosen/rejected verdict there "
+                         f"({len(by_pair):,} judged pairs; were they judged on the same data?)")
+    return verdicts
 
 
 def benefit_markdown(records: list[dict[str, Any]], config: BenefitConfig, n_pairs: int) -> str:
@@ -276,7 +352,27 @@ def benefit_markdown(records: list[dict[str, Any]], config: BenefitConfig, n_pai
                 cells.append(f"{(mean[method] - mean['none']) / lost:.2f}" if lost > 0.005 else f"n/a (lost {lost:.3f})")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+        if config.judgements is not None:
+            lines += testsets_markdown([row for row in records if row["noise"] == noise], methods, rates)
     return "\n".join(lines)
+
+
+def testsets_markdown(records: list[dict[str, Any]], methods: list[str], rates: tuple[float, ...]) -> list[str]:
+    """The three test sets' accuracy (mean over seeds) per method and rate, as Markdown lines."""
+    def mean_accuracy(method: str, rate: float, testset: str) -> str:
+        values = [row[method]["testsets"][testset]["accuracy"] for row in records
+                  if row["rate"] == rate and "testsets" in row[method] and row[method]["testsets"][testset]]
+        return f"{np.mean(values):.3f}" if values else "n/a"
+
+    sizes = next(row["oracle"]["testsets"] for row in records)
+    counts = ", ".join(f"{name} {sizes[name]['pairs'] if sizes[name] else 0:,}" for name in TESTSETS)
+    lines = [f"Accuracy on the three test sets (original / agreeing / independent labels; first seed's test pairs: "
+             f"{counts}), mean over seeds:", "",
+             "| method | " + " | ".join(f"{r:.0%}" for r in rates) + " |", "|---|" + "---:|" * len(rates)]
+    for method in methods:
+        cells = [" / ".join(mean_accuracy(method, rate, name) for name in TESTSETS) for rate in rates]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def write_benefit(records: list[dict[str, Any]], config: BenefitConfig, folder: str | os.PathLike,
@@ -295,5 +391,6 @@ def write_benefit(records: list[dict[str, Any]], config: BenefitConfig, folder: 
     return written
 
 
-__all__ = ["DEFAULT_DENOISERS", "LOSS_OF", "BenefitConfig", "benefit_markdown", "benefit_pairs", "denoise_benefit", "plant",
-           "read_config", "score_gaps", "split", "train_and_test", "write_benefit"]
+__all__ = ["DEFAULT_DENOISERS", "LOSS_OF", "TESTSETS", "BenefitConfig", "benefit_markdown", "benefit_pairs",
+           "denoise_benefit", "independent_verdicts", "plant", "read_config", "read_judgements", "score_gaps", "split",
+           "testset_metrics", "testsets_markdown", "train_and_test", "write_benefit"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,3 +78,93 @@ def test_score_gaps_from_columns_or_metadata():
     assert score_gaps(top).tolist() == [3.0] and score_gaps(nested).tolist() == [0.5]
     with pytest.raises(ValueError, match="needs score_chosen / score_rejected"):
         score_gaps(rmclean.load_pairs([{"prompt": "q", "chosen": "a", "rejected": "b"}]))
+
+
+def test_three_test_sets_from_independent_verdicts(tmp_path):
+    from rmclean.experiments import read_judgements, testset_metrics
+
+    delta = np.array([2.0, 1.0, -1.0, -3.0, 0.5])
+    independent = np.array(["chosen", "rejected", "rejected", "tie", ""], dtype=object)
+    sets = testset_metrics(delta, independent)
+    assert sets["original"]["accuracy"] == pytest.approx(3 / 5) and sets["original"]["pairs"] == 5
+    assert sets["agreeing"]["pairs"] == 1 and sets["agreeing"]["accuracy"] == 1.0
+    # relabelled by the independent verdict: pair 1 is now wrong, pair 2 right; ties decide nothing
+    assert sets["independent"]["pairs"] == 3 and sets["independent"]["accuracy"] == pytest.approx(2 / 3)
+    assert sets["independent"]["mean_margin"] == pytest.approx((2.0 - 1.0 + 1.0) / 3)
+    assert testset_metrics(delta, np.array(["tie"] * 5, dtype=object))["agreeing"] is None
+
+    table = tmp_path / "gold.jsonl"
+    table.write_text('{"pair_id": "a", "judge_verdict": "chosen"}\n{"pair_id": "b", "judge_verdict": "rejected"}\n')
+    assert read_judgements(table) == {"a": "chosen", "b": "rejected"}
+    table.write_text('{"pair_id": "a", "judge_verdict": "chosen"}\n{"pair_id": "b", "judge_verdict": true}\n')
+    with pytest.raises(ValueError, match=r"gold.jsonl: row 1, field judge_verdict: True is not one of"):
+        read_judgements(table)
+    table.write_text('{"pair_id": "a", "label": 1}\n')
+    with pytest.raises(ValueError, match=r"missing \['judge_verdict'\]"):
+        read_judgements(table)
+    with pytest.raises(ValueError, match="no such judgements file"):
+        read_judgements(tmp_path / "nothing")
+
+
+TOPICS = ["baking bread", "fixing a bike", "learning French", "saving money", "planting tomatoes", "writing a CV",
+          "training a puppy", "running a marathon", "cleaning an oven", "choosing a laptop", "painting a room",
+          "making coffee", "reading faster", "sleeping better", "tying a tie", "filing taxes"]
+
+
+def scripted_pairs(n: int, reversed_every: int) -> list[dict[str, str]]:
+    """Pairs whose better answer the test judge server can read (``quality=N``); every
+    ``reversed_every``-th pair carries the wrong label, as noisy test labels do."""
+    rows = []
+    for i in range(n):
+        topic = TOPICS[i % len(TOPICS)]
+        good = f" Here is a clear, friendly step-by-step guide to {topic}, with tips and a safety note ({i}). quality=5"
+        bad = f" No idea about {topic}. Look it up yourself, I can't be bothered ({i}). quality=2"
+        reverse = i % reversed_every == 0
+        rows.append({"prompt": f"\n\nHuman: Can you help me with {topic}? (question {i})\n\nAssistant:",
+                     "chosen": bad if reverse else good, "rejected": good if reverse else bad})
+    return rows
+
+
+def test_compare_measures_the_three_test_sets_with_a_real_judge(tmp_path, capsys, monkeypatch):
+    """score → check (the test judge server, which reads each answer's real quality) → compare
+    with those judgements: the reward models are measured on the original (noisy) test labels,
+    the agreeing pairs and the judge's labels."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from judge_server import JudgeServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-experiments")
+    rows = scripted_pairs(160, reversed_every=5)  # 32 labels reversed
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    cache = str(tmp_path / "cache")
+    assert main(["score", str(data), "--members", "3", "--folds", "3", "--views", "transcript",
+                 "--cache-dir", cache, "--quiet", "--out", str(tmp_path / "scores")]) == 0
+    with JudgeServer() as server:
+        assert main(["check", str(tmp_path / "scores"), "--base-url", server.url, "--model", "judge-test",
+                     "--cache", str(tmp_path / "judge.sqlite"), "--quiet", "--out", str(tmp_path / "check")]) == 0
+    capsys.readouterr()
+
+    config = {"source": str(data), "seeds": 1, "rates": [0.0, 0.2], "noise": ["random"],
+              "score": {"members": 3, "folds": 3, "views": ["transcript"]},
+              "denoisers": {"flip negative": {"method": "flip", "select": "negative"}},
+              "judgements": str(tmp_path / "check")}
+    (tmp_path / "benefit.json").write_text(json.dumps(config))
+    code = main(["compare", "--stage", "rm", str(tmp_path / "benefit.json"), "--cache-dir", cache,
+                 "--out", str(tmp_path / "out"), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0
+    records = json.loads((tmp_path / "out" / "denoise_benefit.json").read_text())["records"]
+    sets = records[0]["oracle"]["testsets"]
+    test_ids = round(0.3 * 160)
+    reversed_in_test = sets["original"]["pairs"] - sets["agreeing"]["pairs"]
+    assert sets["original"]["pairs"] == sets["independent"]["pairs"] == test_ids  # the judge decided every pair
+    assert 0 < reversed_in_test < test_ids / 2
+    for record in records:
+        for method in ("oracle", "none", "flip negative"):
+            measured = record[method]["testsets"]
+            # the reward model learns the real quality, so the noisy original labels under-report it
+            assert measured["independent"]["accuracy"] > measured["original"]["accuracy"]
+            assert measured["agreeing"]["accuracy"] >= measured["independent"]["accuracy"]
+    assert "three test sets" in out and "| flip negative |" in out
