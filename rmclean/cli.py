@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("source", metavar="SOURCE", help=_SOURCE_HELP)
     audit.add_argument("--inject", default="0.1,0.2,0.3", metavar="RATES", help="flip rates to plant (default 0.1,0.2,0.3)")
+    audit.add_argument("--resamples", type=int, default=1000, metavar="N",
+                       help="bootstrap resamples for the AUROC intervals and the paired differences (0: none)")
     audit.add_argument("--out", metavar="DIR", default="audit", help="output folder (default: audit)")
     audit.set_defaults(run=_run_audit)
 
@@ -352,7 +354,7 @@ def _run_score(args: argparse.Namespace) -> int:
 
 def _run_audit(args: argparse.Namespace) -> int:
     rates = tuple(float(rate) for rate in args.inject.split(",") if rate.strip())
-    config = AuditConfig(rates=rates, seed=args.seed)
+    config = AuditConfig(rates=rates, seed=args.seed, resamples=args.resamples)
     pairs = load_pairs(args.source, **source_arguments(args))
     result = audit(pairs, score_config(args), config, cache_dir=args.cache_dir, progress=not args.quiet)
     result["source"] = recorded_source(args.source, source_arguments(args))

@@ -67,13 +67,14 @@ def test_audit_on_real_pairs_reports_every_detector(data_dir, tmp_path):
 def test_cli_audit_writes_table_json_and_plot(real_data_env, tmp_path, capsys):
     out = tmp_path / "audit"
     code = main(["audit", "hh-rlhf", "--subset", "helpful-base", "--limit", "150", "--members", "2",
-                 "--folds", "3", "--inject", "0.25", "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--quiet"])
+                 "--folds", "3", "--inject", "0.25", "--resamples", "100", "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| detector | AUROC @0.25 | AUPRC @0.25 | P@k @0.25 |" in printed
     result = json.loads((out / "audit.json").read_text())
     assert result["source"]["subset"] == ["helpful-base"] and result["config"]["audit"]["rates"] == [0.25]
-    assert "| rmclean in-sample |" in (out / "audit.md").read_text()
+    assert "| rmclean in-sample |" in (out / "audit.md").read_text() and "paired interval" in printed
+    assert len(result["rows"][0]["auroc_interval"]) == 2
     assert (out / "audit.png").stat().st_size > 1000
 
 
@@ -99,3 +100,44 @@ def test_two_noisy_views_of_one_reward_find_flips_better_together():
 
     together = auroc([first, second])
     assert together > auroc([first]) + 0.01 and together > auroc([second]) + 0.01
+
+
+def test_bootstrap_aurocs_match_sklearn_on_each_resample_and_pair_the_detectors():
+    from sklearn.metrics import roc_auc_score
+
+    from rmclean.audit import bootstrap_aurocs
+
+    rng = np.random.default_rng(3)
+    flipped = rng.random(500) < 0.2
+    strong = rng.normal(size=500) + 1.5 * flipped
+    coarse = np.round(rng.normal(size=500) + 0.5 * flipped, 1)  # many ties
+    resampled = bootstrap_aurocs(flipped, {"strong": strong, "coarse": coarse}, resamples=50, seed=4)
+    index = np.random.default_rng([4, 17]).integers(0, 500, 500)  # the first resample
+    assert resampled["strong"][0] == pytest.approx(roc_auc_score(flipped[index], strong[index]))
+    assert resampled["coarse"][0] == pytest.approx(roc_auc_score(flipped[index], coarse[index]))
+    assert resampled["strong"].shape == (50,) and resampled["strong"].std() > 0
+    assert (resampled["strong"] > resampled["coarse"]).all()  # paired: the better detector wins every resample
+
+
+def test_audit_reports_intervals_and_paired_differences():
+    rng = np.random.default_rng(0)
+    direction = rng.normal(size=16)
+    chosen, rejected = rng.normal(size=(400, 16)), rng.normal(size=(400, 16))
+    swap = (chosen - rejected) @ direction < 0
+    chosen[swap], rejected[swap] = rejected[swap].copy(), chosen[swap].copy()
+    result = audit_features([(chosen, rejected)], {"all": np.arange(400)}, ScoreConfig(members=3, folds=3, C=1.0),
+                            AuditConfig(rates=(0.2,), resamples=200))
+    rows = {row["detector"]: row for row in result["rows"]}
+    low, high = rows["rmclean"]["auroc_interval"]
+    assert low < rows["rmclean"]["auroc"] < high and high - low < 0.1
+    assert rows["rmclean"]["minus_rmclean"] == 0 and rows["rmclean"]["minus_rmclean_interval"] == [0, 0]
+    single = rows["single member"]
+    assert single["minus_rmclean"] == pytest.approx(single["auroc"] - rows["rmclean"]["auroc"])
+    assert single["minus_rmclean_interval"][0] <= single["minus_rmclean"] <= single["minus_rmclean_interval"][1]
+    from rmclean.audit import to_markdown
+
+    table = to_markdown({**result, "pairs": 400, "backbone": "test"})
+    assert "paired interval" in table and "| rmclean | " in table
+    quiet = audit_features([(chosen, rejected)], {"all": np.arange(400)}, ScoreConfig(members=3, folds=3, C=1.0),
+                           AuditConfig(rates=(0.2,), resamples=0))
+    assert "auroc_interval" not in quiet["rows"][0]
