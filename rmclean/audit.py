@@ -232,28 +232,9 @@ def to_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(result: dict[str, Any]):
-    """AUROC against planted flip rate, one line per detector."""
-    from .plots import pyplot
-
-    plt = pyplot()
-
-    figure, axes = plt.subplots(figsize=(6, 3.5))
-    for detector in DETECTORS:
-        points = [(r["rate"], r["auroc"]) for r in result["rows"] if r["detector"] == detector]
-        if points:
-            axes.plot(*zip(*points), marker="o", label=detector)
-    axes.set_xlabel("planted flip rate")
-    axes.set_ylabel("AUROC (finding planted flips)")
-    axes.set_title(f"Detection audit, {result['pairs']:,} pairs, {result['backbone']}")
-    axes.legend(fontsize=7)
-    figure.tight_layout()
-    return figure
-
-
 def write_audit(result: dict[str, Any], folder: str | os.PathLike) -> list[Path]:
     """Write ``audit.json``, ``audit.md`` and ``audit.png`` into ``folder``."""
-    from .plots import save
+    from .plots import detection_curves, save
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -261,6 +242,7 @@ def write_audit(result: dict[str, Any], folder: str | os.PathLike) -> list[Path]
         write_text(folder / "audit.json", json.dumps(result, indent=2, default=str) + "\n"),
         write_text(folder / "audit.md", to_markdown(result)),
     ]
-    save(plot(result), folder / "audit.png")
+    title = f"Detection audit, {result['pairs']:,} pairs, {result['backbone']}"
+    save(detection_curves(result["rows"], title), folder / "audit.png")
     written.append(folder / "audit.png")
     return written

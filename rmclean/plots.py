@@ -87,6 +87,23 @@ def agreement_by_strength(agreement: dict):
     return figure
 
 
+def detection_curves(rows: list[dict], title: str):
+    """AUROC against planted flip rate, one line per detector (audit rows: ``rate``,
+    ``detector``, ``auroc``), in the order the detectors first appear."""
+    plt = pyplot()
+
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    for detector in dict.fromkeys(row["detector"] for row in rows):
+        points = [(row["rate"], row["auroc"]) for row in rows if row["detector"] == detector]
+        axes.plot(*zip(*points), marker="o", label=detector)
+    axes.set_xlabel("planted flip rate")
+    axes.set_ylabel("AUROC (finding planted flips)")
+    axes.set_title(title)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
 def training_curves(curves: dict):
     """Accuracy and mean margin of each eval set, and the training loss, against epochs."""
     plt = pyplot()
