@@ -99,6 +99,8 @@ def main() -> None:
             "accuracy": float(correct.mean()),
             "accuracy_by_source": {s: float(correct[sources == s].mean()) for s in sorted(set(sources))},
             "auroc_at_0.2": {detector: row["auroc"] for detector, row in rows.items()},
+            "cleanlab_minus_rmclean": ([rows["cleanlab"]["minus_rmclean"], *rows["cleanlab"]["minus_rmclean_interval"]]
+                                       if "cleanlab" in rows else None),
             "rmclean_auroc_by_source": rows["rmclean"]["auroc_by_group"],
             "oracle_auroc_by_source": rows["oracle"]["auroc_by_group"],
         })
@@ -121,12 +123,14 @@ def main() -> None:
     source_names = sorted(set(sources))
     lines += [
         "",
-        "| panel | accuracy | " + " | ".join(f"AUROC {c}" for c in columns) + " |",
-        "|---|---:|" + "---:|" * len(columns),
+        "| panel | accuracy | " + " | ".join(f"AUROC {c}" for c in columns) + " | rmclean − cleanlab [paired 95%] |",
+        "|---|---:|" + "---:|" * (len(columns) + 1),
     ]
     for row in results:
         cells = " | ".join(f"{row['auroc_at_0.2'].get(c, float('nan')):.3f}" for c in columns)
-        lines.append(f"| {row['panel']} | {row['accuracy']:.3f} | {cells} |")
+        lead = row["cleanlab_minus_rmclean"]
+        lead_cell = f"{-lead[0]:+.3f} [{-lead[2]:+.3f}, {-lead[1]:+.3f}]" if lead else "n/a"
+        lines.append(f"| {row['panel']} | {row['accuracy']:.3f} | {cells} | {lead_cell} |")
     lines += [
         "",
         "Per source: accuracy / rmclean AUROC / oracle AUROC",
