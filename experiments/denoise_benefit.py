@@ -17,8 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-import rmclean
-from rmclean.experiments import BenefitConfig, benefit_pairs, denoise_benefit, read_config, write_benefit
+from rmclean.experiments import (
+    BenefitConfig,
+    benefit_pairs,
+    denoise_benefit,
+    load_benefit_pairs,
+    read_config,
+    write_benefit,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -33,7 +39,7 @@ def main() -> None:
     if args.seeds is not None:
         config = replace(config, seeds=args.seeds)
     started = time.perf_counter()
-    pairs = rmclean.load_pairs(config.source, **config.loading)
+    pairs = load_benefit_pairs(config)
 
     def report(record: dict) -> None:
         scored = [name for name in config.denoisers if "accuracy" in record[name]]

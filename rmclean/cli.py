@@ -29,7 +29,7 @@ from .judge import DEFAULT_LOCAL_MODEL
 from .judge import DEFAULT_MODEL as DEFAULT_JUDGE_MODEL
 from .judge import JudgeConfig, JudgeError, price_for, read_price_table
 from .pairs import PairFormatError, load_pairs
-from .experiments import benefit_markdown, benefit_pairs, denoise_benefit, write_benefit
+from .experiments import benefit_markdown, benefit_pairs, denoise_benefit, load_benefit_pairs, write_benefit
 from .experiments import read_config as read_benefit_config
 from .score import VIEWS, ScoreConfig, load_scored, score, write_report
 from .train.losses import LOSSES
@@ -524,7 +524,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     config = read_benefit_config(args.config)
     if args.seeds is not None:
         config = replace(config, seeds=args.seeds)
-    pairs = load_pairs(config.source, **config.loading)
+    pairs = load_benefit_pairs(config)
 
     def report(record: dict[str, Any]) -> None:
         if not args.quiet:

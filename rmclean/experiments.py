@@ -65,14 +65,16 @@ VERDICTS = ("chosen", "rejected", "tie", "invalid", "error", "pending")
 @dataclass(frozen=True)
 class BenefitConfig:
     """The denoising-benefit experiment. ``source`` and ``loading`` are the
-    :func:`rmclean.load_pairs` call; ``min_score_gap`` keeps only pairs whose rated scores
+    :func:`rmclean.load_pairs` call; ``source`` may also list several sources, each a name
+    or ``{"source": ..., **its own loading options}``, whose pairs are pooled (see
+    :func:`load_benefit_pairs`); ``min_score_gap`` keeps only pairs whose rated scores
     (``score_chosen`` − ``score_rejected``, as UltraFeedback rows carry) differ by at least
     that much, a cleaner set; ``score`` and ``reward`` are the scorer's and the reward
     model's settings (the reward heads read the scorer's views); ``judgements`` is a path to
     independent labels for the test part (see :func:`read_judgements`), which adds the
     paper's three test sets to every measurement."""
 
-    source: str = "hh-rlhf"
+    source: str | list[str | dict[str, Any]] = "hh-rlhf"
     loading: dict[str, Any] = field(default_factory=dict)
     seeds: int = 3
     rates: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4)
@@ -170,6 +172,35 @@ def testset_metrics(delta: np.ndarray, independent: np.ndarray) -> dict[str, dic
         "agreeing": preference_metrics(delta[agreeing]) if agreeing.any() else None,
         "independent": preference_metrics(relabelled[decided]) if decided.any() else None,
     }
+
+
+def load_benefit_pairs(config: BenefitConfig):
+    """The pairs of ``config.source`` through :func:`rmclean.load_pairs` with
+    ``config.loading``; a list of sources is loaded one by one (an entry's own options
+    override ``loading``) and pooled, each pair keeping its ``source``."""
+    from datasets import concatenate_datasets
+
+    from .pairs import load_pairs
+
+    entries = config.source if isinstance(config.source, list) else [config.source]
+    if not entries:
+        raise ValueError("source lists no dataset")
+    parts = []
+    for entry in entries:
+        options = dict(config.loading)
+        if isinstance(entry, dict):
+            if "source" not in entry:
+                raise ValueError(f"a source entry needs a 'source' key: {entry}")
+            options.update({key: value for key, value in entry.items() if key != "source"})
+            entry = entry["source"]
+        parts.append(load_pairs(entry, **options))
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+def source_label(config: BenefitConfig) -> str:
+    """The source(s) of the experiment in words."""
+    entries = config.source if isinstance(config.source, list) else [config.source]
+    return " + ".join(str(entry["source"] if isinstance(entry, dict) else entry) for entry in entries)
 
 
 def score_gaps(pairs) -> np.ndarray:
@@ -322,7 +353,7 @@ def benefit_markdown(records: list[dict[str, Any]], config: BenefitConfig, n_pai
     share of the lost accuracy each method recovers, per noise kind."""
     methods = ["oracle", "none", *config.denoisers]
     gap = f" with a score gap of at least {config.min_score_gap:g}" if config.min_score_gap is not None else ""
-    lines = [f"Denoising benefit on {n_pairs:,} pairs of {config.source}{gap} ({1 - config.test_fraction:.0%} train "
+    lines = [f"Denoising benefit on {n_pairs:,} pairs of {source_label(config)}{gap} ({1 - config.test_fraction:.0%} train "
              f"with planted flips, "
              f"{config.test_fraction:.0%} clean test), {config.seeds} seed(s), reward heads per source on the "
              f"scorer's features; clean-test accuracy, mean ± sd over seeds.", ""]
@@ -392,5 +423,5 @@ def write_benefit(records: list[dict[str, Any]], config: BenefitConfig, folder: 
 
 
 __all__ = ["DEFAULT_DENOISERS", "LOSS_OF", "TESTSETS", "BenefitConfig", "benefit_markdown", "benefit_pairs",
-           "denoise_benefit", "independent_verdicts", "plant", "read_config", "read_judgements", "score_gaps", "split",
+           "denoise_benefit", "independent_verdicts", "load_benefit_pairs", "plant", "read_config", "read_judgements", "score_gaps", "split",
            "testset_metrics", "testsets_markdown", "train_and_test", "write_benefit"]

@@ -168,3 +168,22 @@ def test_compare_measures_the_three_test_sets_with_a_real_judge(tmp_path, capsys
             assert measured["independent"]["accuracy"] > measured["original"]["accuracy"]
             assert measured["agreeing"]["accuracy"] >= measured["independent"]["accuracy"]
     assert "three test sets" in out and "| flip negative |" in out
+
+
+def test_a_config_may_pool_several_sources(tmp_path):
+    from rmclean.experiments import load_benefit_pairs
+
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"}) + "\n"
+                             for i in range(4)))
+    second.write_text(json.dumps({"prompt": "q", "chosen": "", "rejected": "bad"}) + "\n"
+                      + json.dumps({"prompt": "r", "chosen": "fine", "rejected": "worse"}) + "\n")
+    config = BenefitConfig.from_dict({"source": [str(first), {"source": str(second), "allow_empty": True}],
+                                      "loading": {"limit": 3}})
+    pairs = load_benefit_pairs(config)
+    assert len(pairs) == 3 + 2 and sorted(set(pairs["source"])) == sorted({pairs["source"][0], pairs["source"][-1]})
+    assert "empty_response" in pairs["flags"][3]  # the second entry's own option
+    with pytest.raises(ValueError, match="is empty"):  # without it the empty response is an error
+        load_benefit_pairs(BenefitConfig(source=[str(first), str(second)]))
+    with pytest.raises(ValueError, match="needs a 'source' key"):
+        load_benefit_pairs(BenefitConfig(source=[{"path": str(first)}]))
