@@ -15,7 +15,9 @@ With ``judgements`` (a ``rmclean check`` folder, or any table of ``pair_id`` and
 ``judge_verdict``: a judge's or gold labels) every reward model is also measured on the
 paper's three test sets: the ``original`` test labels, the ``agreeing`` test pairs (where the
 independent label is the dataset's), and the ``independent`` labels themselves (the test
-pairs it decides, relabelled by it).
+pairs it decides, relabelled by it). With ``test_noise`` instead, that share of the test
+labels is flipped too, so the test labels are noisy the way real ones are and the data's
+own labels play the independent (gold) ones: the three test sets measured on any data.
 """
 
 from __future__ import annotations
@@ -71,8 +73,9 @@ class BenefitConfig:
     (``score_chosen`` − ``score_rejected``, as UltraFeedback rows carry) differ by at least
     that much, a cleaner set; ``score`` and ``reward`` are the scorer's and the reward
     model's settings (the reward heads read the scorer's views); ``judgements`` is a path to
-    independent labels for the test part (see :func:`read_judgements`), which adds the
-    paper's three test sets to every measurement."""
+    independent labels for the test part (see :func:`read_judgements`), and ``test_noise``
+    a share of test labels to flip (the unflipped labels then serve as the independent
+    ones): either adds the paper's three test sets to every measurement."""
 
     source: str | list[str | dict[str, Any]] = "hh-rlhf"
     loading: dict[str, Any] = field(default_factory=dict)
@@ -85,6 +88,7 @@ class BenefitConfig:
     reward: RewardTrainConfig = RewardTrainConfig()
     denoisers: dict[str, DenoiseConfig] = field(default_factory=lambda: dict(DEFAULT_DENOISERS))
     judgements: str | None = None
+    test_noise: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rates", tuple(float(r) for r in self.rates))
@@ -97,6 +101,10 @@ class BenefitConfig:
             raise ValueError(f"noise kinds are {', '.join(NOISE_KINDS)}, got {unknown}")
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"test_fraction must lie in (0, 1), got {self.test_fraction}")
+        if not 0 <= self.test_noise < 0.5:
+            raise ValueError(f"test_noise must lie in [0, 0.5), got {self.test_noise}")
+        if self.test_noise and self.judgements is not None:
+            raise ValueError("give judgements (independent labels) or test_noise (planted test flips), not both")
         if self.reward.mode != "heads":
             raise ValueError("the benefit experiment trains reward heads on the scorer's features (reward.mode 'heads')")
 
@@ -294,13 +302,16 @@ def denoise_benefit(pairs, config: BenefitConfig = BenefitConfig(), *, cache_dir
     for seed in range(config.seeds):
         train, test = split(sources, seed, config.test_fraction)
         independent = None if verdicts is None else verdicts[test]
+        test_flipped = plant(test.size, config.test_noise, 1000 + seed)  # none without test_noise
+        if config.test_noise:
+            independent = np.where(test_flipped, "rejected", "chosen").astype(object)
         score_config = replace(config.score, seed=seed)
         reward_config = replace(config.reward, seed=seed)
         train_groups = training_groups(valid.select(train), score_config)
         test_groups = {name: np.flatnonzero(np.isin(sources[test], np.unique(sources[train][index])))
                        for name, index in train_groups.items()}
         train_views = [(c[train], r[train]) for c, r in views]
-        test_views = [(c[test], r[test]) for c, r in views]
+        test_views = [swap_where(test_flipped, c[test], r[test]) for c, r in views]
         clean_strength = view_margins(train_views, train_groups, score_config.head_config()).mean(axis=1)
         oracle = train_and_test(train_views, test_views, train_groups, test_groups, reward_config,
                                 independent=independent)
@@ -353,10 +364,11 @@ def benefit_markdown(records: list[dict[str, Any]], config: BenefitConfig, n_pai
     share of the lost accuracy each method recovers, per noise kind."""
     methods = ["oracle", "none", *config.denoisers]
     gap = f" with a score gap of at least {config.min_score_gap:g}" if config.min_score_gap is not None else ""
+    test = (f"{config.test_fraction:.0%} test with {config.test_noise:.0%} of its labels flipped too"
+            if config.test_noise else f"{config.test_fraction:.0%} clean test")
     lines = [f"Denoising benefit on {n_pairs:,} pairs of {source_label(config)}{gap} ({1 - config.test_fraction:.0%} train "
-             f"with planted flips, "
-             f"{config.test_fraction:.0%} clean test), {config.seeds} seed(s), reward heads per source on the "
-             f"scorer's features; clean-test accuracy, mean ± sd over seeds.", ""]
+             f"with planted flips, {test}), {config.seeds} seed(s), reward heads per source on the "
+             f"scorer's features; test accuracy against the test labels, mean ± sd over seeds.", ""]
     rates = config.rates
     for noise in config.noise:
         accuracy = {(rate, method): [row[method]["accuracy"] for row in records
@@ -383,7 +395,7 @@ def benefit_markdown(records: list[dict[str, Any]], config: BenefitConfig, n_pai
                 cells.append(f"{(mean[method] - mean['none']) / lost:.2f}" if lost > 0.005 else f"n/a (lost {lost:.3f})")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
-        if config.judgements is not None:
+        if config.judgements is not None or config.test_noise:
             lines += testsets_markdown([row for row in records if row["noise"] == noise], methods, rates)
     return "\n".join(lines)
 

@@ -187,3 +187,26 @@ def test_a_config_may_pool_several_sources(tmp_path):
         load_benefit_pairs(BenefitConfig(source=[str(first), str(second)]))
     with pytest.raises(ValueError, match="needs a 'source' key"):
         load_benefit_pairs(BenefitConfig(source=[{"path": str(first)}]))
+
+
+def test_planted_test_noise_gives_the_three_test_sets_without_a_judge(tmp_path):
+    """With test_noise the test labels are flipped too and the data's own labels act as the
+    independent ones: a reward model that learns the real quality scores 1 - test_noise on the
+    noisy labels and near 1 on the agreeing and independent sets."""
+    rows = scripted_pairs(150, reversed_every=10**6)  # only pair 0 mislabelled
+    config = BenefitConfig.from_dict({"seeds": 2, "rates": [0.0, 0.2], "noise": ["random"], "test_noise": 0.3,
+                                      "score": {"members": 3, "folds": 3, "views": ["transcript"]},
+                                      "denoisers": {"drop 20%": {"method": "drop", "select": "fraction:0.2"}}})
+    records = denoise_benefit(rmclean.load_pairs(rows), config, cache_dir=tmp_path / "cache", progress=False)
+    for record in records:
+        sets = record["none"]["testsets"]
+        assert sets["original"]["pairs"] == sets["independent"]["pairs"] == 45
+        assert sets["agreeing"]["pairs"] == 45 - round(0.3 * 45)
+        assert sets["original"]["accuracy"] == pytest.approx(record["none"]["accuracy"])
+        assert sets["original"]["accuracy"] < 0.8 < sets["independent"]["accuracy"] <= sets["agreeing"]["accuracy"]
+    table = benefit_markdown(records, config, 150)
+    assert "30% of its labels flipped too" in table and "three test sets" in table
+    with pytest.raises(ValueError, match="not both"):
+        BenefitConfig(test_noise=0.2, judgements="check/")
+    with pytest.raises(ValueError, match="test_noise must lie"):
+        BenefitConfig(test_noise=0.5)
