@@ -37,12 +37,18 @@ def test_rates_must_be_between_zero_and_one(rate):
         AuditConfig(rates=(rate,))
 
 
-def test_audit_ranks_planted_flips_first_when_the_reward_is_learnable():
-    rng = np.random.default_rng(0)
+def learnable_pairs(n_pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Features ``(n_pairs, 16)`` whose labels follow one linear reward exactly."""
+    rng = np.random.default_rng(seed)
     direction = rng.normal(size=16)
-    chosen, rejected = rng.normal(size=(600, 16)), rng.normal(size=(600, 16))
+    chosen, rejected = rng.normal(size=(n_pairs, 16)), rng.normal(size=(n_pairs, 16))
     swap = (chosen - rejected) @ direction < 0
     chosen[swap], rejected[swap] = rejected[swap].copy(), chosen[swap].copy()
+    return chosen, rejected
+
+
+def test_audit_ranks_planted_flips_first_when_the_reward_is_learnable():
+    chosen, rejected = learnable_pairs(600)
     groups = {"first": np.arange(300), "second": np.arange(300, 600)}
     result = audit_features([(chosen, rejected)], groups, ScoreConfig(members=4, folds=3, C=1.0), AuditConfig(rates=(0.2,)))
     auroc = {row["detector"]: row["auroc"] for row in result["rows"]}
@@ -120,11 +126,7 @@ def test_bootstrap_aurocs_match_sklearn_on_each_resample_and_pair_the_detectors(
 
 
 def test_audit_reports_intervals_and_paired_differences():
-    rng = np.random.default_rng(0)
-    direction = rng.normal(size=16)
-    chosen, rejected = rng.normal(size=(400, 16)), rng.normal(size=(400, 16))
-    swap = (chosen - rejected) @ direction < 0
-    chosen[swap], rejected[swap] = rejected[swap].copy(), chosen[swap].copy()
+    chosen, rejected = learnable_pairs(400)
     result = audit_features([(chosen, rejected)], {"all": np.arange(400)}, ScoreConfig(members=3, folds=3, C=1.0),
                             AuditConfig(rates=(0.2,), resamples=200))
     rows = {row["detector"]: row for row in result["rows"]}
