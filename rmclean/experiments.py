@@ -58,7 +58,7 @@ DEFAULT_DENOISERS: dict[str, DenoiseConfig] = {
 LOSS_OF = {"flip": "bt", "drop": "bt", "margin": "margin", "soft-label": "soft-label", "flip+margin": "margin",
            "soft-label+margin": "soft-label+margin"}
 NOISE_KINDS = ("random", "targeted")
-#: The paper's three test sets, measured when the config names independent ``judgements``.
+#: The paper's three test sets, measured with independent ``judgements`` or ``test_noise``.
 TESTSETS = ("original", "agreeing", "independent")
 #: Independent verdicts a judgements table may hold; ``tie`` (and anything else) decides nothing.
 VERDICTS = ("chosen", "rejected", "tie", "invalid", "error", "pending")
@@ -144,27 +144,28 @@ def read_config(path: str | os.PathLike) -> BenefitConfig:
 def read_judgements(path: str | os.PathLike) -> dict[str, str]:
     """Independent labels: ``{pair_id: verdict}`` with verdicts ``chosen`` (the dataset's
     label is right), ``rejected`` (it is reversed) or ``tie`` (no preference), read from a
-    ``rmclean check`` output folder (its ``judgements.parquet``) or any ``.parquet``,
-    ``.jsonl`` or ``.csv`` table with ``pair_id`` and ``judge_verdict`` columns (gold labels
-    written that way too). Errors name the file, and the row of a bad verdict."""
-    import pandas as pd
+    ``rmclean check`` output folder (its ``judgements.parquet``) or any file the loader reads
+    (``.jsonl``, ``.json``, ``.parquet``, ``.csv``, …) with ``pair_id`` and ``judge_verdict``
+    per row (gold labels written that way too). Errors name the file and row."""
+    from .readers import SUPPORTED_SUFFIXES, read_file, suffix_of
 
     path = Path(path)
     if path.is_dir():
         path = path / "judgements.parquet"
-    readers = {".parquet": pd.read_parquet, ".jsonl": lambda p: pd.read_json(p, lines=True), ".csv": pd.read_csv}
     if not path.is_file():
         raise ValueError(f"{path}: no such judgements file (run rmclean check, or write pair_id and judge_verdict)")
-    if path.suffix not in readers:
-        raise ValueError(f"{path}: judgements must be a rmclean check folder or a .parquet, .jsonl or .csv table")
-    table = readers[path.suffix](path)
-    if missing := [c for c in ("pair_id", "judge_verdict") if c not in table.columns]:
-        raise ValueError(f"{path}: judgements need the columns pair_id and judge_verdict; missing {missing}")
+    if suffix_of(path) not in SUPPORTED_SUFFIXES:
+        raise ValueError(f"{path}: judgements must be a rmclean check folder or a {', '.join(SUPPORTED_SUFFIXES)} file")
     verdicts: dict[str, str] = {}
-    for row, (pair, verdict) in enumerate(zip(table["pair_id"], table["judge_verdict"])):
+    for record in read_file(path):
+        if record.data is None:
+            raise ValueError(f"{record.location}: {record.error}")
+        if missing := [c for c in ("pair_id", "judge_verdict") if c not in record.data]:
+            raise ValueError(f"{record.location}: judgements need the fields pair_id and judge_verdict; missing {missing}")
+        verdict = record.data["judge_verdict"]
         if verdict not in VERDICTS:
-            raise ValueError(f"{path}: row {row}, field judge_verdict: {verdict!r} is not one of {', '.join(VERDICTS)}")
-        verdicts[str(pair)] = str(verdict)
+            raise ValueError(f"{record.location}, field judge_verdict: {verdict!r} is not one of {', '.join(VERDICTS)}")
+        verdicts[str(record.data["pair_id"])] = verdict
     return verdicts
 
 
@@ -266,7 +267,7 @@ def plant(n_pairs: int, rate: float, seed: int, clean_strength: np.ndarray | Non
 def train_and_test(train_views, test_views, train_groups: dict[str, np.ndarray], test_groups: dict[str, np.ndarray],
                    config: RewardTrainConfig, *, flip=None, weight=None, margin=None, soft_label=None,
                    independent: np.ndarray | None = None) -> dict[str, Any]:
-    """One reward head per group on the (possibly denoised) train features; clean-test metrics,
+    """One reward head per group on the (possibly denoised) train features; test metrics,
     and with ``independent`` (a verdict per test pair) ``"testsets"``: the three test sets'."""
     chosen, rejected = np.hstack([c for c, _ in train_views]), np.hstack([r for _, r in train_views])
     if flip is not None:

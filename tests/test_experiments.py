@@ -96,8 +96,14 @@ def test_three_test_sets_from_independent_verdicts(tmp_path):
     table = tmp_path / "gold.jsonl"
     table.write_text('{"pair_id": "a", "judge_verdict": "chosen"}\n{"pair_id": "b", "judge_verdict": "rejected"}\n')
     assert read_judgements(table) == {"a": "chosen", "b": "rejected"}
+    numeric_looking = {"0123456789012345": "chosen", "12e4567890123456": "tie"}  # ids stay text
+    table.write_text("".join(json.dumps({"pair_id": k, "judge_verdict": v}) + "\n" for k, v in numeric_looking.items()))
+    assert read_judgements(table) == numeric_looking
+    csv = tmp_path / "gold.csv"
+    csv.write_text("pair_id,judge_verdict\n" + "".join(f"{k},{v}\n" for k, v in numeric_looking.items()))
+    assert read_judgements(csv) == numeric_looking
     table.write_text('{"pair_id": "a", "judge_verdict": "chosen"}\n{"pair_id": "b", "judge_verdict": true}\n')
-    with pytest.raises(ValueError, match=r"gold.jsonl: row 1, field judge_verdict: True is not one of"):
+    with pytest.raises(ValueError, match=r"gold.jsonl, line 2, field judge_verdict: True is not one of"):
         read_judgements(table)
     table.write_text('{"pair_id": "a", "label": 1}\n')
     with pytest.raises(ValueError, match=r"missing \['judge_verdict'\]"):
