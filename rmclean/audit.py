@@ -77,37 +77,45 @@ def detection_metrics(flipped: np.ndarray, suspicion: np.ndarray) -> dict[str, f
 
 
 def bootstrap_aurocs(flipped: np.ndarray, suspicion: dict[str, np.ndarray], resamples: int = 1000,
-                     seed: int = 0) -> dict[str, np.ndarray]:
+                     seed: int = 0, chunk_elements: int = 20_000_000) -> dict[str, np.ndarray]:
     """AUROC of each detector on ``resamples`` bootstrap resamples of the pairs, the same
-    resamples for every detector (so differences are paired): ``{detector: (resamples,)}``.
+    resamples for every detector (so differences are paired): ``{detector: (resamples,)}``;
+    NaN for a resample without a flipped or a kept pair.
 
     A resample is a vector of multiplicities, so each AUROC is a weighted Mann–Whitney count
-    over one sort of the scores (ties between a flipped and a kept pair count one half)."""
+    over one sort of the scores (ties between a flipped and a kept pair count one half).
+    Resamples are drawn in chunks of about ``chunk_elements`` weights, so memory stays
+    bounded on large datasets."""
     rng = np.random.default_rng([seed, 17])
     n_pairs = flipped.size
-    weights = np.stack([np.bincount(rng.integers(0, n_pairs, n_pairs), minlength=n_pairs)
-                        for _ in range(resamples)]).astype(np.float64)  # (resamples, n_pairs)
     positive = flipped.astype(bool)
-    aurocs = {}
+    sorted_by: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
     for detector, scores in suspicion.items():
         order = np.argsort(scores, kind="stable")
-        sorted_scores, sorted_positive, sorted_weights = scores[order], positive[order], weights[:, order]
-        negative_weights = np.where(sorted_positive, 0.0, sorted_weights)
-        # negatives strictly below each position, and tied with it, computed per run of equal scores
-        starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+        sorted_scores = scores[order]
+        starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])  # runs of equal scores
         run = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, n_pairs]))
-        per_run = np.add.reduceat(negative_weights, starts, axis=1)
-        below = (np.cumsum(per_run, axis=1) - per_run)[:, run]
-        tied = per_run[:, run]
-        positive_weights = np.where(sorted_positive, sorted_weights, 0.0)
-        wins = (positive_weights * (below + 0.5 * tied)).sum(axis=1)
-        aurocs[detector] = wins / (positive_weights.sum(axis=1) * negative_weights.sum(axis=1))
-    return aurocs
+        sorted_by[detector] = (order, positive[order], starts, run)
+    aurocs: dict[str, list[np.ndarray]] = {detector: [] for detector in suspicion}
+    chunk = max(1, chunk_elements // max(n_pairs, 1))
+    for first in range(0, resamples, chunk):
+        weights = np.stack([np.bincount(rng.integers(0, n_pairs, n_pairs), minlength=n_pairs)
+                            for _ in range(min(chunk, resamples - first))]).astype(np.float64)
+        for detector, (order, sorted_positive, starts, run) in sorted_by.items():
+            sorted_weights = weights[:, order]
+            negative_weights = np.where(sorted_positive, 0.0, sorted_weights)
+            per_run = np.add.reduceat(negative_weights, starts, axis=1)  # negatives in each run
+            below, tied = (np.cumsum(per_run, axis=1) - per_run)[:, run], per_run[:, run]
+            positive_weights = np.where(sorted_positive, sorted_weights, 0.0)
+            wins = (positive_weights * (below + 0.5 * tied)).sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                aurocs[detector].append(wins / (positive_weights.sum(axis=1) * negative_weights.sum(axis=1)))
+    return {detector: np.concatenate(values) for detector, values in aurocs.items()}
 
 
 def interval(values: np.ndarray) -> list[float]:
-    """The central 95% of ``values``: ``[low, high]``."""
-    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+    """The central 95% of ``values`` (NaNs left out): ``[low, high]``."""
+    return [float(np.nanpercentile(values, 2.5)), float(np.nanpercentile(values, 97.5))]
 
 
 def audit(pairs, score_config: ScoreConfig = ScoreConfig(), config: AuditConfig = AuditConfig(), *,
@@ -147,6 +155,7 @@ def audit_features(views: list[tuple[np.ndarray, np.ndarray]], groups: dict[str,
         if cleanlab_scores is not None:
             suspicion["cleanlab"] = cleanlab_scores
         resampled = bootstrap_aurocs(flipped, suspicion, config.resamples, config.seed) if config.resamples else {}
+        rmclean_auroc = detection_metrics(flipped, suspicion["rmclean"])["auroc"]
         for detector in DETECTORS:
             if detector in suspicion:
                 by_group = {name: detection_metrics(flipped[index], suspicion[detector][index])["auroc"]
@@ -155,7 +164,7 @@ def audit_features(views: list[tuple[np.ndarray, np.ndarray]], groups: dict[str,
                        "auroc_by_group": by_group}
                 if resampled:
                     row["auroc_interval"] = interval(resampled[detector])
-                    row["minus_rmclean"] = row["auroc"] - detection_metrics(flipped, suspicion["rmclean"])["auroc"]
+                    row["minus_rmclean"] = row["auroc"] - rmclean_auroc
                     row["minus_rmclean_interval"] = interval(resampled[detector] - resampled["rmclean"])
                 rows.append(row)
     return {

@@ -123,6 +123,8 @@ def test_bootstrap_aurocs_match_sklearn_on_each_resample_and_pair_the_detectors(
     assert resampled["coarse"][0] == pytest.approx(roc_auc_score(flipped[index], coarse[index]))
     assert resampled["strong"].shape == (50,) and resampled["strong"].std() > 0
     assert (resampled["strong"] > resampled["coarse"]).all()  # paired: the better detector wins every resample
+    chunked = bootstrap_aurocs(flipped, {"strong": strong, "coarse": coarse}, resamples=50, seed=4, chunk_elements=1200)
+    assert np.allclose(chunked["coarse"], resampled["coarse"])  # memory-bounded chunks draw the same resamples
 
 
 def test_audit_reports_intervals_and_paired_differences():
