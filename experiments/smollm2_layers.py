@@ -14,7 +14,7 @@ Two more tries at a detector clearly better than cleanlab on the same features (
 
 Per subset, 10 members × 5 folds, C = 0.0001 (the best SmolLM2 setting in compare_backbones).
 The layer features are saved once per subset under the cache folder
-(``$RMCLEAN_CACHE_DIR/experiments/smollm2_layers/``; about 10 minutes of embedding per subset
+(``$RMCLEAN_CACHE_DIR/experiments/smollm2_layers/``; 10–13 minutes of embedding per subset
 here). Writes experiments/results/smollm2_layers.{json,md}.
 """
 
