@@ -120,9 +120,6 @@ def main() -> None:
         "fraction_negative": rerun["summary"]["fraction_negative"],
         "audit_rate_0.2": audited["audit"],
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"bench_score_{args.backbone}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     markdown = "\n".join([
         f"Scoring benchmark, {report['pairs']:,} hh-rlhf test pairs, backbone {args.backbone}, "
         f"views {' + '.join(report['views'])}, one run (`python experiments/bench_score.py`)",
@@ -147,7 +144,9 @@ def main() -> None:
         "",
         audited["audit_markdown"],
     ])
-    stem.with_suffix(".md").write_text(markdown, encoding="utf-8")
+    from rmclean.files import write_results
+
+    write_results(RESULTS / f"bench_score_{args.backbone}", report, markdown)
     print(markdown)
 
 

@@ -21,7 +21,6 @@ Writes experiments/results/compare_backbones.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 import time
@@ -33,6 +32,7 @@ import numpy as np
 import rmclean
 from rmclean.audit import AuditConfig, audit_features
 from rmclean.backbones import embed_texts, resolve_backbone
+from rmclean.files import write_results
 from rmclean.score import ScoreConfig, pair_features, scoring_texts, training_groups, view_margins
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -143,11 +143,7 @@ def main() -> None:
             f"{row['accuracy_by_source'][s]:.3f} / {row['rmclean_auroc_by_source'].get(s, float('nan')):.3f} / "
             f"{row['oracle_auroc_by_source'].get(s, float('nan')):.3f}" for s in source_names)
         lines.append(f"| {row['panel']} | {cells} |")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / "compare_backbones"
-    stem.with_suffix(".json").write_text(json.dumps({"throughput": rates, "panels": results}, indent=2) + "\n",
-                                         encoding="utf-8")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_results(RESULTS / "compare_backbones", {"throughput": rates, "panels": results}, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

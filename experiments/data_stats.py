@@ -9,10 +9,10 @@ Pairs with an empty response are kept (allow_empty=True) so every row is counted
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import rmclean
+from rmclean.files import write_results
 from rmclean.sources import NAMED_SOURCES
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -58,9 +58,7 @@ def main() -> None:
     rows = collect()
     if not rows:
         raise SystemExit("no dataset found: set RMCLEAN_DATA_DIR (see data/README.md)")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "data_stats.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-    (RESULTS / "data_stats.md").write_text(to_markdown(rows), encoding="utf-8")
+    write_results(RESULTS / "data_stats", rows, to_markdown(rows))
     print(to_markdown(rows))
 
 

@@ -12,10 +12,10 @@ experiments/results/denoise_<name>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from rmclean.denoise import DenoiseConfig, apply_actions, denoise_summary
+from rmclean.files import write_results
 from rmclean.score import load_scored
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -69,10 +69,7 @@ def main() -> None:
             + f" | {fmt(changed)} | {fmt(margin)} | {format(margin['positive'], ',') if margin else ''} | "
             f"{fmt(summary.get('soft_label_of_softened'))} |"
         )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"denoise_{args.name}"
-    stem.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_results(RESULTS / f"denoise_{args.name}", rows, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -40,6 +40,7 @@ from rmclean.audit import (
     swap_where,
 )
 from rmclean.backbones import _pool, default_cache_dir, load_model, resolve_backbone, resolve_precision
+from rmclean.files import write_results
 from rmclean.score import ScoreConfig, scoring_texts, training_groups, view_margins
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -158,10 +159,6 @@ def main() -> None:
                            "seconds": time.perf_counter() - started}
         print(subset, json.dumps(results[subset], indent=1), flush=True)
 
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "smollm2_layers.json").write_text(json.dumps(
-        {"config": {"members": args.members, "C": args.C, "max_length": args.max_length, "layers": LAYERS},
-         "results": results}, indent=2) + "\n")
     columns = ("rmclean", "rmclean mean/std", "single member", "rmclean in-sample", "cleanlab", "oracle")
     lines = [f"SmolLM2 hidden layers as views; {args.members} members × 5 folds, C = {args.C:g}, audit at 20% "
              "planted flips; one run per subset", ""]
@@ -186,7 +183,9 @@ def main() -> None:
             else:
                 lines.append(f"| {row['panel']} | | {row['auroc']:.3f} | | |")
         lines.append("")
-    (RESULTS / "smollm2_layers.md").write_text("\n".join(lines))
+    write_results(RESULTS / "smollm2_layers",
+                  {"config": {"members": args.members, "C": args.C, "max_length": args.max_length, "layers": LAYERS},
+                   "results": results}, "\n".join(lines))
     print("\n".join(lines))
 
 

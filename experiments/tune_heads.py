@@ -16,7 +16,6 @@ experiments/results/tune_heads_<backbone>.{json,md}. Features must be cached (ru
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 
 import rmclean
 from rmclean.audit import AuditConfig, audit_features
+from rmclean.files import write_results
 from rmclean.score import VIEWS, ScoreConfig, pair_features, training_groups, view_margins
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -74,10 +74,7 @@ def main() -> None:
     for row in results:
         cells = " | ".join(f"{row['auroc_at_0.2'].get(c, float('nan')):.3f}" for c in columns)
         lines.append(f"| {row['variant']} | {row['accuracy']:.3f} | {cells} |")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"tune_heads_{args.backbone}"
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_results(RESULTS / f"tune_heads_{args.backbone}", results, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

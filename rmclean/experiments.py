@@ -423,13 +423,11 @@ def write_benefit(records: list[dict[str, Any]], config: BenefitConfig, folder: 
                   n_pairs: int, stem: str = "denoise_benefit") -> list[Path]:
     """Write ``<stem>.json`` (config and records), ``<stem>.md`` and ``<stem>.png`` into ``folder``."""
     from . import plots
-    from .files import write_text
+    from .files import write_results
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    payload = {"config": asdict(config), "records": records}
-    written = [write_text(folder / f"{stem}.json", json.dumps(payload, indent=2, default=str) + "\n"),
-               write_text(folder / f"{stem}.md", benefit_markdown(records, config, n_pairs))]
+    written = write_results(folder / stem, {"config": asdict(config), "records": records},
+                            benefit_markdown(records, config, n_pairs))
     plots.save(plots.benefit_curves(records, config.rates, config.noise), folder / f"{stem}.png")
     written.append(folder / f"{stem}.png")
     return written

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,3 +28,12 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as partial:
         partial.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def write_results(stem: str | os.PathLike, payload: object, markdown: str) -> list[Path]:
+    """Write ``<stem>.json`` (``payload`` as indented JSON) and ``<stem>.md`` (``markdown`` as
+    given), each atomically, creating the folder: how experiments save their numbers."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    return [write_text(stem.with_name(stem.name + ".json"), json.dumps(payload, indent=2, default=str) + "\n"),
+            write_text(stem.with_name(stem.name + ".md"), markdown)]

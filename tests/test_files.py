@@ -24,3 +24,14 @@ def test_an_interrupted_write_keeps_the_old_file(tmp_path):
             raise RuntimeError("killed")
     assert target.read_text() == "complete old result"
     assert [p.name for p in tmp_path.iterdir()] == ["scores.parquet"]
+
+
+def test_write_results_writes_json_and_markdown_side_by_side(tmp_path):
+    import json
+
+    from rmclean.files import write_results
+
+    written = write_results(tmp_path / "new" / "bench_v1.2", {"ratio": 1.5, "rows": [1, 2]}, "| a |\n")
+    assert [path.name for path in written] == ["bench_v1.2.json", "bench_v1.2.md"]  # dots in the stem are kept
+    assert json.loads(written[0].read_text()) == {"ratio": 1.5, "rows": [1, 2]}
+    assert written[1].read_text() == "| a |\n" and not list((tmp_path / "new").glob("*.partial"))
