@@ -209,35 +209,39 @@ def cleanlab_suspicion(chosen, rejected, groups, config: ScoreConfig) -> np.ndar
 
 
 def to_markdown(result: dict[str, Any]) -> str:
-    """The audit table: one row per detector, AUROC / AUPRC / P@k per planted rate."""
+    """The audit table: one row per detector, AUROC / AUPRC / P@k per planted rate; with
+    intervals, a second table of AUROC and its difference from rmclean's, each with its 95%
+    interval."""
     rates = sorted({row["rate"] for row in result["rows"]})
-    header = "| detector | " + " | ".join(f"AUROC @{r:g} | AUPRC @{r:g} | P@k @{r:g}" for r in rates) + " |"
-    lines = [header, "|---|" + "---:|" * (3 * len(rates))]
-    for detector in DETECTORS:
-        cells = []
-        for rate in rates:
-            row = next((r for r in result["rows"] if r["rate"] == rate and r["detector"] == detector), None)
-            cells += [f"{row[m]:.3f}" if row else "n/a" for m in ("auroc", "auprc", "precision_at_k")]
-        if any(cell != "n/a" for cell in cells):
-            lines.append(f"| {detector} | " + " | ".join(cells) + " |")
-    if any("auroc_interval" in row for row in result["rows"]):
-        lines += ["", "AUROC with its 95% bootstrap interval, and minus rmclean's with a paired interval "
-                  "(an interval below 0 means rmclean is better in this run):", "",
-                  "| detector | " + " | ".join(f"AUROC @{r:g} | − rmclean @{r:g}" for r in rates) + " |",
-                  "|---|" + "---:|" * (2 * len(rates))]
+    by_key = {(row["rate"], row["detector"]): row for row in result["rows"]}
+
+    def table(columns: list[str], cells_of) -> list[str]:
+        """Header, separator and one line per detector that has a row; ``cells_of(detector,
+        row)`` gives the ``len(columns)`` cells of one rate, ``None`` where it has none."""
+        lines = ["| detector | " + " | ".join(f"{c} @{r:g}" for r in rates for c in columns) + " |",
+                 "|---|" + "---:|" * (len(columns) * len(rates))]
         for detector in DETECTORS:
             cells = []
             for rate in rates:
-                row = next((r for r in result["rows"] if r["rate"] == rate and r["detector"] == detector), None)
-                if row is None or "auroc_interval" not in row:
-                    cells += ["n/a", "n/a"]
-                    continue
-                low, high = row["auroc_interval"]
-                cells.append(f"{row['auroc']:.3f} [{low:.3f}, {high:.3f}]")
-                low, high = row["minus_rmclean_interval"]
-                cells.append("—" if detector == "rmclean" else f"{row['minus_rmclean']:+.3f} [{low:+.3f}, {high:+.3f}]")
+                row = by_key.get((rate, detector))
+                cells += (row and cells_of(detector, row)) or ["n/a"] * len(columns)
             if any(cell != "n/a" for cell in cells):
                 lines.append(f"| {detector} | " + " | ".join(cells) + " |")
+        return lines
+
+    lines = table(["AUROC", "AUPRC", "P@k"],
+                  lambda detector, row: [f"{row[m]:.3f}" for m in ("auroc", "auprc", "precision_at_k")])
+    if any("auroc_interval" in row for row in result["rows"]):
+        def with_intervals(detector: str, row: dict[str, Any]) -> list[str] | None:
+            if "auroc_interval" not in row:
+                return None
+            (low, high), (lead_low, lead_high) = row["auroc_interval"], row["minus_rmclean_interval"]
+            lead = "—" if detector == "rmclean" else f"{row['minus_rmclean']:+.3f} [{lead_low:+.3f}, {lead_high:+.3f}]"
+            return [f"{row['auroc']:.3f} [{low:.3f}, {high:.3f}]", lead]
+
+        lines += ["", "AUROC with its 95% bootstrap interval, and minus rmclean's with a paired interval "
+                  "(an interval below 0 means rmclean is better in this run):", ""]
+        lines += table(["AUROC", "− rmclean"], with_intervals)
     return "\n".join(lines) + "\n"
 
 
