@@ -39,7 +39,7 @@ from rmclean.audit import (
     plant_flips,
     swap_where,
 )
-from rmclean.backbones import _pool, default_cache_dir, load_model, resolve_backbone, resolve_precision
+from rmclean.backbones import pool_hidden_states, default_cache_dir, load_model, resolve_backbone, resolve_precision
 from rmclean.files import write_results
 from rmclean.score import ScoreConfig, scoring_texts, training_groups, view_margins
 
@@ -76,7 +76,7 @@ def layer_features(texts: list[str], layers: tuple[int, ...], max_length: int, p
                                 return_tensors="pt")
             hidden_states = model(**encoded, output_hidden_states=True).hidden_states
             for layer in layers:
-                features[layer][index] = _pool(hidden_states[layer], encoded["attention_mask"], "last+mean").numpy()
+                features[layer][index] = pool_hidden_states(hidden_states[layer], encoded["attention_mask"], "last+mean").numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, texts=len(texts), **{f"L{layer}": values for layer, values in features.items()})
     return features

@@ -343,7 +343,7 @@ def embed_texts(
                 encoded = tokenizer(batch, truncation=True, max_length=max_length, padding=True,
                                     return_tensors="pt").to(device)
                 hidden = model(**encoded).last_hidden_state
-                pending_vectors.append(_pool(hidden, encoded["attention_mask"], backbone.pooling).cpu().numpy())
+                pending_vectors.append(pool_hidden_states(hidden, encoded["attention_mask"], backbone.pooling).cpu().numpy())
                 pending_texts.extend(batch)
                 bar.update(len(batch))
                 if len(pending_texts) >= SHARD_SIZE:
@@ -355,8 +355,10 @@ def embed_texts(
     return cache.get(texts)
 
 
-def _pool(hidden, mask, pooling: str):
-    """Mean over real tokens; for decoders also the last real token's state (right padding)."""
+def pool_hidden_states(hidden, mask, pooling: str):
+    """Features ``(batch, dim)`` or ``(batch, 2 * dim)`` from hidden states ``(batch, tokens, dim)``:
+    the mean over real tokens (``mask``), and for ``pooling="last+mean"`` also the last real
+    token's state first (right padding)."""
     import torch
 
     weights = mask.unsqueeze(-1).to(hidden.dtype)

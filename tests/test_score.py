@@ -100,7 +100,7 @@ def test_unknown_backbone_says_what_to_use():
         resolve_backbone("no-such-model")
 
 
-REAL_POOL = backbones._pool
+REAL_POOL = backbones.pool_hidden_states
 
 
 class SimulatedKill(Exception):
@@ -108,7 +108,7 @@ class SimulatedKill(Exception):
 
 
 class CountingPool:
-    """Stands in for backbones._pool: counts embedded texts, and can die part-way."""
+    """Stands in for backbones.pool_hidden_states: counts embedded texts, and can die part-way."""
 
     def __init__(self, stop_after: int | None = None):
         self.texts, self.stop_after = 0, stop_after
@@ -124,12 +124,12 @@ def test_feature_cache_embeds_each_text_once_and_resumes(tmp_path, monkeypatch):
     backbone = resolve_backbone("minilm")
     texts = [f"\n\nHuman: question {i}?\n\nAssistant: answer {i}" for i in range(40)]
     monkeypatch.setattr(backbones, "SHARD_SIZE", 8)
-    monkeypatch.setattr(backbones, "_pool", CountingPool(stop_after=24))
+    monkeypatch.setattr(backbones, "pool_hidden_states", CountingPool(stop_after=24))
     with pytest.raises(SimulatedKill):
         embed_texts(backbone, texts, max_length=64, batch_size=8, cache_dir=tmp_path, progress=False)
     assert len(FeatureCache(backbone, 64, tmp_path).missing(texts)) == 16  # three shards survived
     counter = CountingPool()
-    monkeypatch.setattr(backbones, "_pool", counter)
+    monkeypatch.setattr(backbones, "pool_hidden_states", counter)
     features = embed_texts(backbone, texts + texts[:5], max_length=64, batch_size=8, cache_dir=tmp_path, progress=False)
     assert counter.texts == 16  # only what the killed run had not finished
     assert features.shape == (45, 384)
