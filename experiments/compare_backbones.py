@@ -31,7 +31,7 @@ import numpy as np
 
 import rmclean
 from rmclean.audit import AuditConfig, audit_features
-from rmclean.backbones import embed_texts, resolve_backbone
+from rmclean.features.backbones import embed_texts, resolve_backbone
 from rmclean.files import write_results
 from rmclean.score import ScoreConfig, pair_features, scoring_texts, training_groups, view_margins
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import rmclean
 from rmclean.files import write_results
-from rmclean.sources import NAMED_SOURCES
+from rmclean.data.sources import NAMED_SOURCES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FLAG_COLUMNS = ("identical_responses", "different_history", "empty_response", "tie", "score_reversed", "duplicate")
@@ -28,7 +28,7 @@ def collect() -> list[dict]:
                     pairs = rmclean.load_pairs(source.name, subset=subset, split=split, allow_empty=True)
                 except rmclean.SourceNotFoundError:
                     continue  # not available locally (e.g. hh-rlhf train)
-                summary = rmclean.describe.describe_pairs(pairs, examples=0)
+                summary = rmclean.data.describe.describe_pairs(pairs, examples=0)
                 rows.append(
                     {
                         "dataset": source.name,

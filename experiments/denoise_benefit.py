@@ -1,5 +1,5 @@
 """Does denoising give better reward models? The denoising-benefit experiment
-(:mod:`rmclean.experiments`; the same as ``rmclean compare --stage rm CONFIG``).
+(:mod:`rmclean.benefit`; the same as ``rmclean compare --stage rm CONFIG``).
 
     RMCLEAN_DATA_DIR=../shared/data python experiments/denoise_benefit.py [--seeds 3] [--config FILE]
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rmclean.experiments import (
+from rmclean.benefit import (
     BenefitConfig,
     benefit_pairs,
     denoise_benefit,

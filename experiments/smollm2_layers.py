@@ -39,7 +39,7 @@ from rmclean.audit import (
     plant_flips,
     swap_where,
 )
-from rmclean.backbones import pool_hidden_states, default_cache_dir, load_model, resolve_backbone, resolve_precision
+from rmclean.features.backbones import pool_hidden_states, default_cache_dir, load_model, resolve_backbone, resolve_precision
 from rmclean.files import write_results
 from rmclean.score import ScoreConfig, scoring_texts, training_groups, view_margins
 

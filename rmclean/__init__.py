@@ -7,15 +7,15 @@ is the LLM judge module (prompt, parsing, client, cache).
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import describe
+from .data import describe
 from .audit import AuditConfig, audit
 from .check import CheckConfig, CheckResult, check, write_check
 from .denoise import DenoiseConfig, DenoiseError, denoise
 from .export import to_profile, write_denoised
 from .judge import JudgeConfig, JudgeError
-from .pairs import CANONICAL_COLUMNS, PairFormatError, load_pairs, split_invalid
+from .data.pairs import CANONICAL_COLUMNS, PairFormatError, load_pairs, split_invalid
 from .score import ScoreConfig, Scores, score
-from .sources import SourceNotFoundError
+from .data.sources import SourceNotFoundError
 
 try:
     __version__ = version("rmclean")

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .files import write_text
-from .pairs import split_invalid
+from .data.pairs import split_invalid
 from .score import ScoreConfig, pair_features, training_groups, view_margins
 
 DETECTORS = ("rmclean", "rmclean mean/std", "single member", "rmclean in-sample", "cleanlab", "oracle")

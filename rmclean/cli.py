@@ -18,23 +18,23 @@ from typing import Any, Sequence
 
 from . import __version__
 from .denoise import METHODS, DenoiseConfig, apply_actions, denoise_summary
-from .describe import TEXT_FIELDS, describe_pairs
+from .data.describe import TEXT_FIELDS, describe_pairs
 from .export import FORMATS, write_denoised
 from .audit import AuditConfig, audit, write_audit
 from .audit import to_markdown as audit_markdown
-from .backbones import PRECISIONS, BackboneError
+from .features.backbones import PRECISIONS, BackboneError
 from .check import CheckConfig, agreement_markdown, check as run_check_pipeline, plan, write_check
 from .judge import BACKENDS as JUDGE_BACKENDS
 from .judge import DEFAULT_LOCAL_MODEL
 from .judge import DEFAULT_MODEL as DEFAULT_JUDGE_MODEL
 from .judge import JudgeConfig, JudgeError, price_for, read_price_table
-from .pairs import PairFormatError, load_pairs
-from .experiments import benefit_markdown, benefit_pairs, denoise_benefit, load_benefit_pairs, write_benefit
-from .experiments import read_config as read_benefit_config
+from .data.pairs import PairFormatError, load_pairs
+from .benefit import benefit_markdown, benefit_pairs, denoise_benefit, load_benefit_pairs, write_benefit
+from .benefit import read_config as read_benefit_config
 from .score import VIEWS, ScoreConfig, load_scored, score, write_report
 from .train.losses import LOSSES
 from .train.reward import RewardTrainConfig, train_reward_model, write_training_report
-from .sources import DATA_DIR_ENV, NAMED_SOURCES, SourceNotFoundError
+from .data.sources import DATA_DIR_ENV, NAMED_SOURCES, SourceNotFoundError
 
 EXIT_ERROR = 1
 

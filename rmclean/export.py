@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import atomic_path, write_text
-from .formats import HH_ASSISTANT
+from .data.formats import HH_ASSISTANT
 
 FORMATS = ("input", "trl", "openrlhf", "moss", "canonical")
 TRAINABLE = ("keep", "flip", "soften")  # actions whose pairs go to the cleaned files

@@ -396,7 +396,7 @@ class JudgeCache:
 
 def default_cache_path() -> Path:
     """``judge.sqlite`` in the user cache folder (``$RMCLEAN_CACHE_DIR``, default ``~/.cache/rmclean``)."""
-    from .backbones import default_cache_dir
+    from .features.backbones import default_cache_dir
 
     return default_cache_dir() / CACHE_FILE
 
@@ -417,7 +417,7 @@ def model_identity(config: JudgeConfig) -> str:
     its name and weights' fingerprint."""
     if config.backend == "openai":
         return config.model_name
-    from .backbones import BackboneError, resolve_backbone
+    from .features.backbones import BackboneError, resolve_backbone
 
     try:
         backbone = resolve_backbone(config.model_name)
@@ -501,7 +501,7 @@ class LocalBackend:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from .backbones import BackboneError, model_folder, resolve_backbone
+        from .features.backbones import BackboneError, model_folder, resolve_backbone
 
         try:
             backbone = resolve_backbone(config.model_name)

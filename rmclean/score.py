@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from .backbones import PRECISIONS, embed_texts, model_folder, resolve_backbone, resolve_precision
-from .ensemble import HeadConfig, member_margins
+from .features.backbones import PRECISIONS, embed_texts, model_folder, resolve_backbone, resolve_precision
+from .members.heads import HeadConfig, member_margins
 from .files import atomic_path, write_text
-from .finetune import FinetuneConfig, finetune_margins
-from .formats import HH_ASSISTANT
-from .pairs import load_pairs, split_invalid
+from .members.finetune import FinetuneConfig, finetune_margins
+from .data.formats import HH_ASSISTANT
+from .data.pairs import load_pairs, split_invalid
 from .strength import aggregate, scale_members, summarize
 
 POOLED_GROUP = "(pooled small sources)"
@@ -259,7 +259,7 @@ def reward_model_pair_margins(name: str, valid, max_length: int, *, cache_dir=No
     """r(chosen) − r(rejected), ``(n_pairs,)``, of one reward model: a folder saved by
     ``rmclean train-rm`` (a head on backbone features), or any HF sequence-classification
     reward model reading the dialogue text."""
-    from .reward_models import reward_model_margins
+    from .members.reward_models import reward_model_margins
     from .train.reward import HeadRewardModel, is_head_reward_model, pair_deltas
 
     if is_head_reward_model(name):

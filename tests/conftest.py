@@ -57,7 +57,7 @@ def tiny_backbone(tmp_path_factory) -> str:
     """A one-layer BERT with MiniLM's tokenizer, saved like any HF model folder."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from rmclean.backbones import resolve_backbone
+    from rmclean.features.backbones import resolve_backbone
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("minilm").path)

@@ -1,4 +1,4 @@
-"""The denoising-benefit experiment (``rmclean.experiments``, ``rmclean compare --stage rm``)."""
+"""The denoising-benefit experiment (``rmclean.benefit``, ``rmclean compare --stage rm``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 import rmclean
 from rmclean.cli import main
-from rmclean.experiments import BenefitConfig, benefit_markdown, denoise_benefit, plant, read_config, split
+from rmclean.benefit import BenefitConfig, benefit_markdown, denoise_benefit, plant, read_config, split
 
 
 def test_split_is_stratified_and_planting_is_targeted():
@@ -70,7 +70,7 @@ def test_benefit_on_real_pairs_and_the_compare_command(real_data_env, tmp_path, 
 
 
 def test_score_gaps_from_columns_or_metadata():
-    from rmclean.experiments import score_gaps
+    from rmclean.benefit import score_gaps
 
     top = rmclean.load_pairs([{"prompt": "q", "chosen": "a", "rejected": "b", "score_chosen": 5, "score_rejected": 2}])
     nested = rmclean.load_pairs([{"prompt": "q", "chosen": "a", "rejected": "b",
@@ -81,7 +81,7 @@ def test_score_gaps_from_columns_or_metadata():
 
 
 def test_three_test_sets_from_independent_verdicts(tmp_path):
-    from rmclean.experiments import read_judgements, testset_metrics
+    from rmclean.benefit import read_judgements, testset_metrics
 
     delta = np.array([2.0, 1.0, -1.0, -3.0, 0.5])
     independent = np.array(["chosen", "rejected", "rejected", "tie", ""], dtype=object)
@@ -177,7 +177,7 @@ def test_compare_measures_the_three_test_sets_with_a_real_judge(tmp_path, capsys
 
 
 def test_a_config_may_pool_several_sources(tmp_path):
-    from rmclean.experiments import load_benefit_pairs
+    from rmclean.benefit import load_benefit_pairs
 
     first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
     first.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"}) + "\n"

@@ -14,7 +14,7 @@ import rmclean
 from rmclean.cli import main
 from rmclean.denoise import DenoiseConfig, denoise_summary
 from rmclean.export import MOSS_CHOSEN_SCORES, MOSS_GPT4, MOSS_MEAN, MOSS_STD, to_profile, to_turns, write_denoised
-from rmclean.formats import pair_id
+from rmclean.data.formats import pair_id
 from rmclean.score import Scores
 
 

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import rmclean
-from rmclean import formats
+from rmclean.data import formats
 
 H, A = "\n\nHuman:", "\n\nAssistant:"
 

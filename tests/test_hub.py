@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import rmclean
-from rmclean import pairs as pairs_module
-from rmclean import sources
+from rmclean.data import pairs as pairs_module
+from rmclean.data import sources
 
 HH_ROWS = [
     {"chosen": "\n\nHuman: hi\n\nAssistant: hello there", "rejected": "\n\nHuman: hi\n\nAssistant: go away"},

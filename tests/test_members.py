@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import rmclean
-from rmclean.backbones import BackboneError
-from rmclean.finetune import FinetuneConfig, train_reward_model
-from rmclean.reward_models import reward_model_margins
+from rmclean.features.backbones import BackboneError
+from rmclean.members.finetune import FinetuneConfig, train_reward_model
+from rmclean.members.reward_models import reward_model_margins
 from rmclean.score import ScoreConfig, score, scoring_texts
 from rmclean.strength import scale_members
 

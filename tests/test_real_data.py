@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import rmclean
-from rmclean.formats import pair_id
-from rmclean.sources import HH_SUBSETS
+from rmclean.data.formats import pair_id
+from rmclean.data.sources import HH_SUBSETS
 
 HH_COUNTS = {"harmless-base": 2312, "helpful-base": 2354, "helpful-online": 1137, "helpful-rejection-sampled": 2749}
 # data/README: chosen == rejected, and dialogue prefix before the last Assistant turn differs.

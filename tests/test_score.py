@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import rmclean
-from rmclean import backbones
-from rmclean.backbones import BackboneError, FeatureCache, embed_texts, resolve_backbone
+from rmclean.features import backbones
+from rmclean.features.backbones import BackboneError, FeatureCache, embed_texts, resolve_backbone
 from rmclean.cli import main
-from rmclean.ensemble import HeadConfig, member_margins
+from rmclean.members.heads import HeadConfig, member_margins
 from rmclean.score import ScoreConfig, Scores, score, scoring_text
 
 SMALL = ScoreConfig(members=3, folds=3, views=("transcript",))  # one view: raw reward scale

@@ -152,7 +152,7 @@ class FinetunedRewardModel:
     batch_size: int = 16
 
     def reward(self, prompts: list[str] | str, responses: list[str] | str, *, progress: bool = False, **_) -> np.ndarray:
-        from ..reward_models import rewards
+        from ..members.reward_models import rewards
         from ..score import scoring_text
 
         if isinstance(prompts, str) and isinstance(responses, str):
@@ -166,7 +166,7 @@ class FinetunedRewardModel:
     @functools.cached_property
     def _loaded(self):
         """``(tokenizer, model)``, read from ``folder`` once."""
-        from ..reward_models import load_reward_model
+        from ..members.reward_models import load_reward_model
 
         return load_reward_model(self.folder)
 
@@ -304,7 +304,7 @@ def pair_matrix(pairs, config: RewardTrainConfig, *, cache_dir=None, progress: b
 def usable_pairs(pairs):
     """The rows a reward model trains on: valid rows, minus rows a denoise export marks
     ``drop`` or ``invalid``."""
-    from ..pairs import split_invalid
+    from ..data.pairs import split_invalid
 
     valid, _ = split_invalid(pairs)
     if "action" in valid.column_names:
@@ -365,9 +365,9 @@ def _finetune(train, config: RewardTrainConfig, test_pairs: dict[str, Any], marg
     (a :class:`FinetunedRewardModel` over a temporary folder until saved) and metrics."""
     import tempfile
 
-    from ..backbones import model_folder, resolve_backbone
-    from ..finetune import FinetuneConfig
-    from ..finetune import train_reward_model as finetune_reward_model
+    from ..features.backbones import model_folder, resolve_backbone
+    from ..members.finetune import FinetuneConfig
+    from ..members.finetune import train_reward_model as finetune_reward_model
     from ..score import scoring_texts
 
     chosen_texts, rejected_texts = scoring_texts(train)

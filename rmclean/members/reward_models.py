@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones import BackboneError
+from ..features.backbones import BackboneError
 
 
 def load_reward_model(name_or_path: str):

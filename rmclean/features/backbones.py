@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .files import atomic_path, write_text
+from ..files import atomic_path, write_text
 
 CACHE_ENV = "RMCLEAN_CACHE_DIR"
 FEATURE_VERSION = 1  # bump when pooling or text preparation changes: old caches are not reused

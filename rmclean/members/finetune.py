@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ensemble import fold_assignment
+from .heads import fold_assignment
 from .reward_models import prepare, rewards
 
 
@@ -74,7 +74,7 @@ def _train_member(model_folder, chosen_texts, rejected_texts, order, config: Fin
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from .train.losses import preference_loss
+    from ..train.losses import preference_loss
 
     tokenizer, model = _load(model_folder, seed)
     accelerator = Accelerator()

@@ -32,7 +32,7 @@ import numpy as np
 
 from .audit import swap_where
 from .denoise import DenoiseConfig, DenoiseError, plan
-from .pairs import split_invalid
+from .data.pairs import split_invalid
 from .score import ScoreConfig, pair_features, training_groups, view_margins
 from .train.reward import RewardTrainConfig, preference_metrics, train_head
 
@@ -147,7 +147,7 @@ def read_judgements(path: str | os.PathLike) -> dict[str, str]:
     ``rmclean check`` output folder (its ``judgements.parquet``) or any file the loader reads
     (``.jsonl``, ``.json``, ``.parquet``, ``.csv``, …) with ``pair_id`` and ``judge_verdict``
     per row (gold labels written that way too). Errors name the file and row."""
-    from .readers import SUPPORTED_SUFFIXES, read_file, suffix_of
+    from .data.readers import SUPPORTED_SUFFIXES, read_file, suffix_of
 
     path = Path(path)
     if path.is_dir():
@@ -189,7 +189,7 @@ def load_benefit_pairs(config: BenefitConfig):
     override ``loading``) and pooled, each pair keeping its ``source``."""
     from datasets import concatenate_datasets
 
-    from .pairs import load_pairs
+    from .data.pairs import load_pairs
 
     entries = config.source if isinstance(config.source, list) else [config.source]
     if not entries:

@@ -1,0 +1,2 @@
+"""Texts to feature vectors: frozen backbones, pooling and the embedding cache (``backbones``),
+and the feature views of a response that reward heads read (``views``)."""
