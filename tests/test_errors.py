@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zipfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -43,8 +44,9 @@ def raise_error(source, **kwargs) -> rmclean.PairFormatError:
     return error
 
 
-def check_raise(source, location: str, field: str | None, reason: str, **kwargs) -> rmclean.PairFormatError:
-    """load_pairs(on_error="raise") stops with a message naming location, field and reason."""
+def check_raise(source, location: str, field: str | None, reasons, **kwargs) -> rmclean.PairFormatError:
+    """load_pairs(on_error="raise") stops with a message naming location, field and reason(s):
+    ``reasons`` is one text or a tuple of texts."""
     error = raise_error(source, **kwargs)
     message = str(error)
     assert message.startswith(f"{location}: ")
@@ -52,8 +54,9 @@ def check_raise(source, location: str, field: str | None, reason: str, **kwargs)
     assert error.field == field
     if field is not None:
         assert f"field '{field}'" in message
-    assert reason in message
-    assert reason in error.reason
+    for reason in (reasons,) if isinstance(reasons, str) else reasons:
+        assert reason in message
+        assert reason in error.reason
     return error
 
 
@@ -96,97 +99,171 @@ def jsonl_with(tmp_path: Path, middle: bytes, name: str = "data.jsonl") -> Path:
     return path
 
 
-VALID_AROUND = good_texts((0, 0), (1, 1), (3, 2))
+BAD = "BAD"
+AROUND = [0, 1, BAD, 2]  # what on_error="skip" gives for jsonl_with: good(0), good(1), the bad line, good(2)
 
 
-# --- one test per bad input ------------------------------------------------------------
+def check_raise_and_skip(source, location: str, field: str | None, reasons, skipped: list | None):
+    """check_raise, then (unless ``skipped`` is None) check_skip: ``skipped`` lists what on_error="skip"
+    returns, ``i`` for good(i) and BAD for the one invalid row."""
+    error = check_raise(source, location, field, reasons)
+    if skipped is not None:
+        bad = {skipped.index(BAD): f"{location}: {error.reason}"}
+        check_skip(source, len(skipped), bad, good_texts(*((p, i) for p, i in enumerate(skipped) if i != BAD)))
+    return error
 
 
-def test_malformed_json_line(tmp_path):
-    path = jsonl_with(tmp_path, b'{"prompt": "x", "chosen": "y", "rejected": ')
-    location = f"{path}, line 4"
-    error = check_raise(str(path), location, None, "malformed JSON: Expecting value")
-    check_skip(str(path), 4, {2: f"{location}: {error.reason}"}, VALID_AROUND)
+# --- one bad line in a JSON-lines file ------------------------------------------------------
 
 
-def test_malformed_json_line_column_inside_the_line(tmp_path):
-    path = jsonl_with(tmp_path, b'{"prompt": "x" "chosen": "y", "rejected": "z"}')
-    check_raise(str(path), f"{path}, line 4", None, "malformed JSON: Expecting ',' delimiter at column 16")
+USER_HI = {"role": "user", "content": "hi"}
+CUT_OFF = b'{"prompt": "x", "chosen": "y", "rejected": '
+NO_COMMA = b'{"prompt": "x" "chosen": "y", "rejected": "z"}'
+NOT_TEXT = "field 'chosen' must be text, a list of messages or a list of turns, got"
 
 
-def test_malformed_json_line_cut_off_reports_end_of_line_column(tmp_path):
-    path = jsonl_with(tmp_path, b'{"prompt": "x", "chosen": "y", "rejected": ')
-    check_raise(str(path), f"{path}, line 4", None, "malformed JSON: Expecting value at column 44")
+def chat(*answers):
+    """Messages: the user's "hi", then the answers (dicts) as they are."""
+    return [USER_HI, *answers]
 
 
-def test_missing_rejected_field(tmp_path):
-    path = jsonl_with(tmp_path, b'{"prompt": "x", "chosen": "y"}')
-    location = f"{path}, line 4"
-    error = check_raise(str(path), location, "rejected", "field 'rejected' is missing (fields present: 'prompt', 'chosen')")
-    check_skip(str(path), 4, {2: f"{location}: {error.reason}"}, VALID_AROUND)
+# line 4 of jsonl_with (bytes as written; a dict is written as its JSON line);
+# the field and reason(s) the error names; what on_error="skip" gives (None: not checked)
+BAD_LINES = [
+    pytest.param(CUT_OFF,
+                 None, "malformed JSON: Expecting value", AROUND, id="malformed-json"),
+    pytest.param(NO_COMMA,
+                 None, "malformed JSON: Expecting ',' delimiter at column 16", None,
+                 id="malformed-json-column-inside-the-line"),
+    pytest.param(CUT_OFF,
+                 None, "malformed JSON: Expecting value at column 44", None,
+                 id="malformed-json-cut-off-reports-end-of-line-column"),
+    pytest.param(b'{"prompt": "x", "chosen": "y"}',
+                 "rejected", "field 'rejected' is missing (fields present: 'prompt', 'chosen')", AROUND,
+                 id="missing-rejected"),
+    pytest.param(b'{"prompt": "x", "chosen": true, "rejected": "z"}',
+                 "chosen", f"{NOT_TEXT} a boolean (true)", AROUND, id="chosen-boolean"),
+    pytest.param(b'{"prompt": "x", "chosen": 42, "rejected": "z"}',
+                 "chosen", f"{NOT_TEXT} a number (42)", AROUND, id="chosen-integer"),
+    pytest.param(b'{"prompt": "x", "chosen": 3.5, "rejected": "z"}',
+                 "chosen", f"{NOT_TEXT} a number (3.5)", AROUND, id="chosen-float"),
+    pytest.param(b'{"prompt": "x", "chosen": {"text": "y"}, "rejected": "z"}',
+                 "chosen", f"{NOT_TEXT} an object", AROUND, id="chosen-object"),
+    pytest.param(b'{"prompt": 7, "chosen": "y", "rejected": "z"}',
+                 "prompt", "field 'prompt' must be text, got a number (7)", AROUND, id="explicit-prompt-number"),
+    pytest.param(b'{"chosen": "text", "rejected": ["q", "a"]}',
+                 "rejected", "field 'rejected' is a list of turns but 'chosen' is text", None,
+                 id="chosen-and-rejected-of-different-forms"),
+    pytest.param(b'{"prompt": "caf\xe9", "chosen": "y", "rejected": "z"}',
+                 None, "invalid UTF-8 at byte 16 of the line", AROUND, id="invalid-utf8"),
+    pytest.param(b'["x", "y", "z"]',
+                 None, "expected a JSON object, got a JSON array", AROUND, id="line-not-an-object"),
+    pytest.param({"chosen": chat({"role": "assistant"}), "rejected": chat({"role": "assistant", "content": "b"})},
+                 "chosen[1]", "must be a message with 'role' and 'content'", AROUND, id="message-without-content"),
+    pytest.param({"chosen": chat({"role": "assistant", "content": "a"}),
+                  "rejected": chat({"role": "assistant", "content": None})},
+                 "rejected[1].content", "must be text, got null", None, id="message-content-not-text"),
+    pytest.param({"chosen": chat(), "rejected": chat({"role": "assistant", "content": "b"})},
+                 "chosen", "must end with an assistant message, got role 'user'", None,
+                 id="messages-not-ending-with-assistant"),
+]
 
 
-@pytest.mark.parametrize(
-    ("value", "described"),
-    [(b"true", "a boolean (true)"), (b"42", "a number (42)"), (b"3.5", "a number (3.5)"), (b'{"text": "y"}', "an object")],
-)
-def test_wrong_type_in_chosen(tmp_path, value, described):
-    path = jsonl_with(tmp_path, b'{"prompt": "x", "chosen": ' + value + b', "rejected": "z"}')
-    location = f"{path}, line 4"
-    error = check_raise(
-        str(path), location, "chosen",
-        f"field 'chosen' must be text, a list of messages or a list of turns, got {described}",
-    )
-    check_skip(str(path), 4, {2: f"{location}: {error.reason}"}, VALID_AROUND)
+@pytest.mark.parametrize(("middle", "field", "reasons", "skipped"), BAD_LINES)
+def test_bad_jsonl_line(tmp_path, middle, field, reasons, skipped):
+    path = jsonl_with(tmp_path, middle if isinstance(middle, bytes) else line(middle).encode())
+    check_raise_and_skip(str(path), f"{path}, line 4", field, reasons, skipped)
 
 
-def test_wrong_type_in_explicit_prompt(tmp_path):
-    path = jsonl_with(tmp_path, b'{"prompt": 7, "chosen": "y", "rejected": "z"}')
-    location = f"{path}, line 4"
-    error = check_raise(str(path), location, "prompt", "field 'prompt' must be text, got a number (7)")
-    check_skip(str(path), 4, {2: f"{location}: {error.reason}"}, VALID_AROUND)
+# the row on line 4, the empty field, and the texts allow_empty=True keeps
+EMPTY_RESPONSES = [
+    pytest.param({"prompt": "x", "chosen": "", "rejected": "z"}, "chosen", ("x", "", "z"), id="empty"),
+    pytest.param({"prompt": "x", "chosen": "   \n\t ", "rejected": "z"}, "chosen", ("x", "   \n\t ", "z"),
+                 id="whitespace"),
+    pytest.param({"response1": "a", "response2": "", "label": 1}, "response2", ("", "a", ""), id="judgement-response2"),
+]
 
 
-def test_chosen_and_rejected_of_different_forms(tmp_path):
-    path = jsonl_with(tmp_path, b'{"chosen": "text", "rejected": ["q", "a"]}')
-    location = f"{path}, line 4"
-    check_raise(str(path), location, "rejected", "field 'rejected' is a list of turns but 'chosen' is text")
+@pytest.mark.parametrize(("row", "field", "kept"), EMPTY_RESPONSES)
+def test_empty_response_is_an_error_unless_allow_empty(tmp_path, row, field, kept):
+    path = jsonl_with(tmp_path, line(row).encode())
+    reason = f"field '{field}' is empty; pass allow_empty=True"
+    check_raise_and_skip(str(path), f"{path}, line 4", field, reason, AROUND)
+
+    ds = rmclean.load_pairs(str(path), allow_empty=True)
+    assert len(ds) == 4
+    assert (ds[2]["prompt"], ds[2]["chosen"], ds[2]["rejected"]) == kept
+    assert col(ds, "flags") == [[], [], ["empty_response"], []]
+    assert col(ds, "error") == [None] * 4
 
 
-@pytest.mark.parametrize("empty", ["", "   \n\t "], ids=["empty", "whitespace"])
-def test_empty_response(tmp_path, empty):
-    path = jsonl_with(tmp_path, line({"prompt": "x", "chosen": empty, "rejected": "z"}).encode())
-    location = f"{path}, line 4"
-    error = check_raise(str(path), location, "chosen", "field 'chosen' is empty; pass allow_empty=True")
-    check_skip(str(path), 4, {2: f"{location}: {error.reason}"}, VALID_AROUND)
-
-    kept = rmclean.load_pairs(str(path), allow_empty=True)
-    assert len(kept) == 4
-    assert (kept[2]["prompt"], kept[2]["chosen"], kept[2]["rejected"]) == ("x", empty, "z")
-    assert col(kept, "flags") == [[], [], ["empty_response"], []]
-    assert col(kept, "error") == [None] * 4
+# --- one bad record in other containers ------------------------------------------------------
 
 
-def test_empty_rejected_in_judgement_row(tmp_path):
-    path = jsonl_with(tmp_path, line({"response1": "a", "response2": "", "label": 1}).encode())
-    location = f"{path}, line 4"
-    check_raise(str(path), location, "response2", "field 'response2' is empty")
-    kept = rmclean.load_pairs(str(path), allow_empty=True)
-    assert (kept[2]["chosen"], kept[2]["rejected"], kept[2]["flags"]) == ("a", "", ["empty_response"])
+G0, G1, G2 = (line(good(i)) for i in range(3))
+CSV_HEADER = "prompt,chosen,rejected\n"
 
 
-def test_invalid_utf8_in_jsonl_line(tmp_path):
-    path = jsonl_with(tmp_path, b'{"prompt": "caf\xe9", "chosen": "y", "rejected": "z"}')
-    location = f"{path}, line 4"
-    error = check_raise(str(path), location, None, "invalid UTF-8 at byte 16 of the line")
-    check_skip(str(path), 4, {2: f"{location}: {error.reason}"}, VALID_AROUND)
+def make_source(tmp_path: Path, name: str | None, content):
+    """Write ``content`` to ``tmp_path / name``: text as is, rows as Parquet, {member: text} as a zip;
+    with no name, ``content`` itself is the (in-memory) source."""
+    if name is None:
+        return content
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        pq.write_table(pa.Table.from_pylist(content), path)
+    elif name.endswith(".zip"):
+        with zipfile.ZipFile(path, "w") as archive:
+            for member, text in content.items():
+                archive.writestr(member, text)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return str(path)
 
 
-def test_json_line_that_is_not_an_object(tmp_path):
-    path = jsonl_with(tmp_path, b'["x", "y", "z"]')
-    location = f"{path}, line 4"
-    error = check_raise(str(path), location, None, "expected a JSON object, got a JSON array")
-    check_skip(str(path), 4, {2: f"{location}: {error.reason}"}, VALID_AROUND)
+# file name (None: in-memory rows), content; where the error is ({path}: the file), field and
+# reason(s); what on_error="skip" gives (None: not checked)
+BAD_RECORDS = [
+    pytest.param("data.json", f"[\n{G0},\n{G1},\n" + '{"prompt": "x" "chosen": "y", "rejected": "z"}\n]\n',
+                 "{path}, line 4", None, "malformed JSON: Expecting ',' delimiter at column 16", [0, 1, BAD],
+                 id="json-array-malformed-element"),
+    # past a syntax error the array cannot be parsed reliably: the error of the last row returned says so
+    pytest.param("data.json", f"[\n{G0},\n" + '{"prompt": "x", "chosen": "y" "rejected": "z"},' + f"\n{G2}\n]\n",
+                 "{path}, line 3", None,
+                 ("the rest of the array could not be read", "Expecting ',' delimiter at column 31"), [0, BAD],
+                 id="json-array-malformed-element-in-the-middle-stops-the-array"),
+    pytest.param("data.json", f'[\n  {G0},\n\n  "just a string",\n  {G2}\n]\n',
+                 "{path}, line 4", None, "expected a JSON object, got a JSON string", [0, BAD, 2],
+                 id="json-array-element-not-an-object"),
+    pytest.param("data.csv", CSV_HEADER + 'prompt 0,chosen 0,rejected 0\n"prompt\n1",,rejected 1\n'
+                                          "prompt 2,chosen 2,rejected 2\n",
+                 "{path}, line 3", "chosen", "field 'chosen' is empty", [0, BAD, 2], id="csv-empty-cell"),
+    pytest.param("data.csv", CSV_HEADER + '"prompt\n0",chosen 0,rejected 0\nprompt 1,chosen 1,\n',
+                 "{path}, line 4", "rejected", "field 'rejected' is empty", None, id="csv-row-after-multiline-cell"),
+    pytest.param("data.csv", CSV_HEADER + "prompt 0,chosen 0,rejected 0\n\nprompt 1,,rejected 1\n",
+                 "{path}, line 4", "chosen", "field 'chosen' is empty", None, id="csv-blank-line-keeps-line-numbers"),
+    pytest.param("data.csv", CSV_HEADER + "prompt 0,chosen 0,rejected 0\np,c,r,extra\n",
+                 "{path}, line 3", None, "more cells than header columns", [0, BAD], id="csv-too-many-cells"),
+    pytest.param("data.parquet", [good(0), {"prompt": "x", "chosen": None, "rejected": "z"}, good(2)],
+                 "{path}, row 1", "chosen", "field 'chosen' is null", [0, BAD, 2], id="parquet-null-chosen"),
+    pytest.param("data.zip", {"inner/pairs.jsonl": G0 + "\n" + '{"chosen": "c"}' + "\n"},
+                 "{path}/inner/pairs.jsonl, line 2", "rejected", "field 'rejected' is missing", [0, BAD],
+                 id="zip-member-named"),
+    pytest.param(None, [good(0), ["not", "a", "dict"], good(2)],
+                 "<rows>, row 1", None, "expected a mapping of fields, got list", [0, BAD, 2],
+                 id="in-memory-row-not-a-mapping"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "where", "field", "reasons", "skipped"), BAD_RECORDS)
+def test_bad_record_in_other_containers(tmp_path, name, content, where, field, reasons, skipped):
+    source = make_source(tmp_path, name, content)
+    error = check_raise_and_skip(source, where.format(path=source), field, reasons, skipped)
+    if ", row " in where:  # Parquet and in-memory rows are counted in rows, not lines
+        assert "line" not in error.location
+
+
+# --- truncated files and several files ----------------------------------------------------------
 
 
 def test_truncated_gzip(tmp_path):
@@ -210,125 +287,6 @@ def test_truncated_gzip(tmp_path):
         str(path), n_valid + 1, {n_valid: f"{error.location}: {error.reason}"},
         good_texts(*((i, i) for i in range(n_valid))),
     )
-
-
-def test_malformed_element_in_json_array(tmp_path):
-    path = tmp_path / "data.json"
-    path.write_text(
-        "[\n" + line(good(0)) + ",\n" + line(good(1)) + ",\n" + '{"prompt": "x" "chosen": "y", "rejected": "z"}' + "\n]\n",
-        encoding="utf-8",
-    )
-    location = f"{path}, line 4"
-    error = check_raise(str(path), location, None, "malformed JSON: Expecting ',' delimiter at column 16")
-    check_skip(str(path), 3, {2: f"{location}: {error.reason}"}, good_texts((0, 0), (1, 1)))
-
-
-def test_malformed_element_in_middle_of_json_array_stops_the_array(tmp_path):
-    """Past a syntax error the array cannot be parsed reliably: the reader says so in the
-    error of the last row it returns (the elements after it are not returned)."""
-    path = tmp_path / "data.json"
-    path.write_text(
-        "[\n" + line(good(0)) + ",\n" + '{"prompt": "x", "chosen": "y" "rejected": "z"},' + "\n" + line(good(2)) + "\n]\n",
-        encoding="utf-8",
-    )
-    location = f"{path}, line 3"
-    error = check_raise(str(path), location, None, "the rest of the array could not be read")
-    assert "Expecting ',' delimiter at column 31" in error.reason
-    check_skip(str(path), 2, {1: f"{location}: {error.reason}"}, good_texts((0, 0)))
-
-
-def test_json_array_element_that_is_not_an_object(tmp_path):
-    path = tmp_path / "data.json"
-    path.write_text(
-        "[\n  " + line(good(0)) + ",\n\n  \"just a string\",\n  " + line(good(2)) + "\n]\n", encoding="utf-8"
-    )
-    location = f"{path}, line 4"
-    error = check_raise(str(path), location, None, "expected a JSON object, got a JSON string")
-    check_skip(str(path), 3, {1: f"{location}: {error.reason}"}, good_texts((0, 0), (2, 2)))
-
-
-def test_csv_row_with_empty_cell(tmp_path):
-    path = tmp_path / "data.csv"
-    path.write_text(
-        'prompt,chosen,rejected\nprompt 0,chosen 0,rejected 0\n"prompt\n1",,rejected 1\nprompt 2,chosen 2,rejected 2\n',
-        encoding="utf-8",
-    )
-    location = f"{path}, line 3"
-    error = check_raise(str(path), location, "chosen", "field 'chosen' is empty")
-    texts = good_texts((0, 0), (2, 2))
-    check_skip(str(path), 3, {1: f"{location}: {error.reason}"}, texts)
-
-
-def test_csv_row_after_multiline_cell_reports_its_first_line(tmp_path):
-    path = tmp_path / "data.csv"
-    path.write_text(
-        'prompt,chosen,rejected\n"prompt\n0",chosen 0,rejected 0\nprompt 1,chosen 1,\n', encoding="utf-8"
-    )
-    check_raise(str(path), f"{path}, line 4", "rejected", "field 'rejected' is empty")
-
-
-def test_csv_blank_line_does_not_shift_line_numbers(tmp_path):
-    path = tmp_path / "data.csv"
-    path.write_text("prompt,chosen,rejected\nprompt 0,chosen 0,rejected 0\n\nprompt 1,,rejected 1\n", encoding="utf-8")
-    check_raise(str(path), f"{path}, line 4", "chosen", "field 'chosen' is empty")
-
-
-def test_csv_row_with_too_many_cells(tmp_path):
-    path = tmp_path / "data.csv"
-    path.write_text("prompt,chosen,rejected\nprompt 0,chosen 0,rejected 0\np,c,r,extra\n", encoding="utf-8")
-    location = f"{path}, line 3"
-    error = check_raise(str(path), location, None, "more cells than header columns")
-    check_skip(str(path), 2, {1: f"{location}: {error.reason}"}, good_texts((0, 0)))
-
-
-def test_parquet_row_with_null_chosen(tmp_path):
-    path = tmp_path / "data.parquet"
-    rows = [good(0), {"prompt": "x", "chosen": None, "rejected": "z"}, good(2)]
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    location = f"{path}, row 1"
-    error = check_raise(str(path), location, "chosen", "field 'chosen' is null")
-    assert "line" not in error.location
-    check_skip(str(path), 3, {1: f"{location}: {error.reason}"}, good_texts((0, 0), (2, 2)))
-
-
-def test_message_without_content(tmp_path):
-    user = {"role": "user", "content": "hi"}
-    row = {"chosen": [user, {"role": "assistant"}], "rejected": [user, {"role": "assistant", "content": "b"}]}
-    path = jsonl_with(tmp_path, line(row).encode())
-    location = f"{path}, line 4"
-    error = check_raise(str(path), location, "chosen[1]", "must be a message with 'role' and 'content'")
-    check_skip(str(path), 4, {2: f"{location}: {error.reason}"}, VALID_AROUND)
-
-
-def test_message_content_not_text(tmp_path):
-    user = {"role": "user", "content": "hi"}
-    row = {"chosen": [user, {"role": "assistant", "content": "a"}], "rejected": [user, {"role": "assistant", "content": None}]}
-    path = jsonl_with(tmp_path, line(row).encode())
-    check_raise(str(path), f"{path}, line 4", "rejected[1].content", "must be text, got null")
-
-
-def test_messages_not_ending_with_assistant(tmp_path):
-    user = {"role": "user", "content": "hi"}
-    row = {"chosen": [user], "rejected": [user, {"role": "assistant", "content": "b"}]}
-    path = jsonl_with(tmp_path, line(row).encode())
-    check_raise(str(path), f"{path}, line 4", "chosen", "must end with an assistant message, got role 'user'")
-
-
-def test_in_memory_row_that_is_not_a_mapping():
-    rows = [good(0), ["not", "a", "dict"], good(2)]
-    error = check_raise(rows, "<rows>, row 1", None, "expected a mapping of fields, got list")
-    check_skip(rows, 3, {1: f"<rows>, row 1: {error.reason}"}, good_texts((0, 0), (2, 2)))
-
-
-def test_error_inside_zip_member_names_the_member(tmp_path):
-    import zipfile
-
-    path = tmp_path / "data.zip"
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("inner/pairs.jsonl", line(good(0)) + "\n" + '{"chosen": "c"}' + "\n")
-    location = f"{path}/inner/pairs.jsonl, line 2"
-    error = check_raise(str(path), location, "rejected", "field 'rejected' is missing")
-    check_skip(str(path), 2, {1: f"{location}: {error.reason}"}, good_texts((0, 0)))
 
 
 def test_bad_rows_in_several_files_are_all_accounted_for(tmp_path):
@@ -390,11 +348,15 @@ def test_missing_jsonl_path(tmp_path):
     assert str(info.value) == f"{path}: no such file or folder"
 
 
-def test_unknown_keyword_argument():
-    with pytest.raises(TypeError, match="unexpected keyword argument.*chosen_column"):
-        rmclean.load_pairs([good(0)], chosen_column="chosen")
-
-
-def test_bogus_on_error():
-    with pytest.raises(ValueError, match="on_error must be 'raise' or 'skip', got 'bogus'"):
-        rmclean.load_pairs([good(0)], on_error="bogus")
+@pytest.mark.parametrize(
+    ("kwargs", "error", "pattern"),
+    [
+        pytest.param({"chosen_column": "chosen"}, TypeError, "unexpected keyword argument.*chosen_column",
+                     id="unknown-keyword"),
+        pytest.param({"on_error": "bogus"}, ValueError, "on_error must be 'raise' or 'skip', got 'bogus'",
+                     id="bogus-on_error"),
+    ],
+)
+def test_bad_argument(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        rmclean.load_pairs([good(0)], **kwargs)

@@ -51,132 +51,103 @@ def texts(ds) -> list[tuple[str, str, str]]:
 # --- hh transcripts (implicit prompt) -----------------------------------------------------
 
 
-def test_hh_split_at_last_shared_assistant_turn(tmp_path):
-    chosen = f"{H} Hi there{A} Hello! How can I help?{H} Tell me a joke{A} Why did the chicken cross the road?"
-    rejected = f"{H} Hi there{A} Hello! How can I help?{H} Tell me a joke{A} No."
-    ds = load_rows(tmp_path, [{"chosen": chosen, "rejected": rejected}])
-    prompt = f"{H} Hi there{A} Hello! How can I help?{H} Tell me a joke{A}"
-    assert texts(ds) == [(prompt, " Why did the chicken cross the road?", " No.")]
-    assert ds[0]["prompt"] + ds[0]["chosen"] == chosen
-    assert ds[0]["prompt"] + ds[0]["rejected"] == rejected
-    assert col(ds, "flags") == [[]]
+# the row; the (prompt, chosen, rejected) it splits into; its flags
+HH_TRANSCRIPTS = [
+    pytest.param(
+        {"chosen": f"{H} Hi there{A} Hello! How can I help?{H} Tell me a joke{A} Why did the chicken cross the road?",
+         "rejected": f"{H} Hi there{A} Hello! How can I help?{H} Tell me a joke{A} No."},
+        (f"{H} Hi there{A} Hello! How can I help?{H} Tell me a joke{A}", " Why did the chicken cross the road?", " No."),
+        [], id="split-at-last-shared-assistant-turn"),
+    pytest.param(
+        {"chosen": f"{H} Can you help me?{A} Sure, here is how you do it.",
+         "rejected": f"{H} Can you help me?{A} Sure, but only tomorrow."},
+        (f"{H} Can you help me?{A}", " Sure, here is how you do it.", " Sure, but only tomorrow."),
+        [], id="final-turns-starting-with-the-same-words"),
+    pytest.param(
+        {"chosen": f"{H} Name a colour{A} Red", "rejected": f"{H} Name a colour{A} Red and blue"},
+        (f"{H} Name a colour{A}", " Red", " Red and blue"),
+        [], id="chosen-response-is-a-prefix-of-rejected"),
+    pytest.param(
+        {"chosen": f"{H} hi{A} hello", "rejected": f"{H} hi{A} hello"},
+        (f"{H} hi{A}", " hello", " hello"),
+        ["identical_responses"], id="identical-responses-flagged"),
+    pytest.param(
+        {"chosen": f"{H} hi{A} hello{H} one more thing{A} yes?", "rejected": f"{H} hi{A} bye"},
+        (f"{H} hi{A}", f" hello{H} one more thing{A} yes?", " bye"),
+        ["different_history"], id="different-history-flagged"),
+    pytest.param(  # flagged, not an error (on_error="raise")
+        {"chosen": f"{H} hi{A} ", "rejected": f"{H} hi{A} Hello, how can I help?"},
+        (f"{H} hi{A}", " ", " Hello, how can I help?"),
+        ["empty_response"], id="empty-final-turn-is-flagged-not-an-error"),
+    pytest.param(
+        {"prompt": None, "chosen": f"{H} q{A} a", "rejected": f"{H} q{A} b"},
+        (f"{H} q{A}", " a", " b"),
+        [], id="next-to-an-explicit-null-prompt"),
+]
+
+
+@pytest.mark.parametrize(("row", "expected", "flags"), HH_TRANSCRIPTS)
+def test_hh_transcript_split(tmp_path, row, expected, flags):
+    ds = load_rows(tmp_path, [row])
+    assert texts(ds) == [expected]
+    assert ds[0]["prompt"] + ds[0]["chosen"] == row["chosen"]
+    assert ds[0]["prompt"] + ds[0]["rejected"] == row["rejected"]
+    assert col(ds, "flags") == [flags]
     assert col(ds, "error") == [None]
-    assert ds.column_names == list(rmclean.CANONICAL_COLUMNS)
+    # a prompt field (here null) is kept as input_prompt
+    assert ds.column_names == list(rmclean.CANONICAL_COLUMNS) + (["input_prompt"] if "prompt" in row else [])
 
 
-def test_hh_final_turns_starting_with_the_same_words(tmp_path):
-    chosen = f"{H} Can you help me?{A} Sure, here is how you do it."
-    rejected = f"{H} Can you help me?{A} Sure, but only tomorrow."
-    ds = load_rows(tmp_path, [{"chosen": chosen, "rejected": rejected}])
-    assert texts(ds) == [(f"{H} Can you help me?{A}", " Sure, here is how you do it.", " Sure, but only tomorrow.")]
-    assert ds[0]["prompt"] + ds[0]["chosen"] == chosen
-    assert col(ds, "flags") == [[]]
-
-
-def test_hh_chosen_response_is_a_prefix_of_rejected(tmp_path):
-    chosen = f"{H} Name a colour{A} Red"
-    rejected = f"{H} Name a colour{A} Red and blue"
-    ds = load_rows(tmp_path, [{"chosen": chosen, "rejected": rejected}])
-    assert texts(ds) == [(f"{H} Name a colour{A}", " Red", " Red and blue")]
-    assert col(ds, "flags") == [[]]
-
-
-def test_hh_identical_responses_flagged(tmp_path):
-    text = f"{H} hi{A} hello"
-    ds = load_rows(tmp_path, [{"chosen": text, "rejected": text}])
-    assert texts(ds) == [(f"{H} hi{A}", " hello", " hello")]
-    assert col(ds, "flags") == [["identical_responses"]]
-
-
-def test_hh_different_history_flagged(tmp_path):
-    chosen = f"{H} hi{A} hello{H} one more thing{A} yes?"
-    rejected = f"{H} hi{A} bye"
-    ds = load_rows(tmp_path, [{"chosen": chosen, "rejected": rejected}])
-    assert texts(ds) == [(f"{H} hi{A}", f" hello{H} one more thing{A} yes?", " bye")]
-    assert ds[0]["prompt"] + ds[0]["chosen"] == chosen
-    assert col(ds, "flags") == [["different_history"]]
-
-
-def test_hh_empty_final_turn_is_flagged_not_an_error(tmp_path):
-    chosen = f"{H} hi{A} "
-    rejected = f"{H} hi{A} Hello, how can I help?"
-    ds = load_rows(tmp_path, [{"chosen": chosen, "rejected": rejected}])  # on_error="raise"
-    assert texts(ds) == [(f"{H} hi{A}", " ", " Hello, how can I help?")]
-    assert col(ds, "flags") == [["empty_response"]]
-    assert col(ds, "error") == [None]
-
-
-def test_hh_transcripts_next_to_an_explicit_null_prompt(tmp_path):
-    ds = load_rows(tmp_path, [{"prompt": None, "chosen": f"{H} q{A} a", "rejected": f"{H} q{A} b"}])
-    assert texts(ds) == [(f"{H} q{A}", " a", " b")]
-
-
-# --- TRL explicit / plain implicit strings --------------------------------------------------
-
-
-def test_trl_explicit_prompt_kept_verbatim(tmp_path):
-    rows = [{"prompt": "Translate 'chat'", "chosen": " cat", "rejected": "dog "}]
-    ds = load_rows(tmp_path, rows)
-    assert texts(ds) == [("Translate 'chat'", " cat", "dog ")]
-    assert col(ds, "flags") == [[]]
-
-
-def test_explicit_prompt_wins_over_hh_markers(tmp_path):
-    rows = [{"prompt": "P", "chosen": f"{H} x{A} y", "rejected": f"{H} x{A} z"}]
-    ds = load_rows(tmp_path, rows)
-    assert texts(ds) == [("P", f"{H} x{A} y", f"{H} x{A} z")]
-
-
-def test_plain_implicit_strings_without_markers_get_empty_prompt(tmp_path):
-    ds = load_rows(tmp_path, [{"chosen": "good answer", "rejected": "bad answer"}])
-    assert texts(ds) == [("", "good answer", "bad answer")]
-    assert col(ds, "flags") == [[]]
-
-
-# --- TRL conversational ------------------------------------------------------------------
+# --- one row, one pair: TRL explicit / implicit, conversational, MOSS turns, renamed keys -----------
 
 
 USER = {"role": "user", "content": "What is the capital of France?"}
 SYSTEM = {"role": "system", "content": "Answer briefly."}
 GOOD = {"role": "assistant", "content": "Paris."}
 BAD = {"role": "assistant", "content": "Lyon."}
+FRANCE = "\n\nHuman: What is the capital of France?\n\nAssistant:"
+ITALY = [USER, GOOD, {"role": "user", "content": "And of Italy?"}]
+
+# the row; load options; the (prompt, chosen, rejected) it gives; its flags
+ONE_ROW_FORMATS = [
+    pytest.param({"prompt": "Translate 'chat'", "chosen": " cat", "rejected": "dog "}, {},
+                 ("Translate 'chat'", " cat", "dog "), [], id="trl-explicit-prompt-kept-verbatim"),
+    pytest.param({"prompt": "P", "chosen": f"{H} x{A} y", "rejected": f"{H} x{A} z"}, {},
+                 ("P", f"{H} x{A} y", f"{H} x{A} z"), [], id="explicit-prompt-wins-over-hh-markers"),
+    pytest.param({"chosen": "good answer", "rejected": "bad answer"}, {},
+                 ("", "good answer", "bad answer"), [], id="plain-strings-without-markers-get-empty-prompt"),
+    pytest.param({"prompt": [SYSTEM, USER], "chosen": [GOOD], "rejected": [BAD]}, {},
+                 ("\n\nSystem: Answer briefly." + FRANCE, " Paris.", " Lyon."), [],
+                 id="conversational-with-separate-prompt-list"),
+    pytest.param({"chosen": [USER, GOOD], "rejected": [USER, BAD]}, {},
+                 (FRANCE, " Paris.", " Lyon."), [], id="conversational-without-prompt-list"),
+    pytest.param({"chosen": ITALY + [{"role": "assistant", "content": "Rome."}],
+                  "rejected": ITALY + [{"role": "assistant", "content": "Milan."}]}, {},
+                 (FRANCE + " Paris.\n\nHuman: And of Italy?\n\nAssistant:", " Rome.", " Milan."), [],
+                 id="conversational-multi-turn-shares-all-but-last-answer"),
+    pytest.param({"prompt": "hi", "chosen": [GOOD], "rejected": [BAD]}, {},
+                 ("\n\nHuman: hi\n\nAssistant:", " Paris.", " Lyon."), [],
+                 id="conversational-string-prompt-with-message-responses"),
+    pytest.param({"chosen": [USER, GOOD, {"role": "user", "content": "sure?"}, {"role": "assistant", "content": "Yes."}],
+                  "rejected": [USER, BAD]}, {},
+                 (FRANCE, " Paris.\n\nHuman: sure?\n\nAssistant: Yes.", " Lyon."), ["different_history"],
+                 id="conversational-extra-turn-flags-different-history"),
+    pytest.param({"chosen": ["q", "a", "q2", "x"], "rejected": ["q", "b", "q2", "y"]}, {},
+                 (f"{H} q{A}", f" a{H} q2{A} x", f" b{H} q2{A} y"), ["different_history"],
+                 id="moss-turns-different-history"),
+    pytest.param({"winner": f"{H} q{A} w", "loser": f"{H} q{A} l"}, {"chosen_key": "winner", "rejected_key": "loser"},
+                 (f"{H} q{A}", " w", " l"), [], id="renamed-keys-without-prompt-split-hh"),
+]
 
 
-def test_conversational_with_separate_prompt_list(tmp_path):
-    ds = load_rows(tmp_path, [{"prompt": [SYSTEM, USER], "chosen": [GOOD], "rejected": [BAD]}])
-    assert texts(ds) == [
-        ("\n\nSystem: Answer briefly.\n\nHuman: What is the capital of France?\n\nAssistant:", " Paris.", " Lyon.")
-    ]
-    assert col(ds, "flags") == [[]]
+@pytest.mark.parametrize(("row", "options", "expected", "flags"), ONE_ROW_FORMATS)
+def test_one_row_format(tmp_path, row, options, expected, flags):
+    ds = load_rows(tmp_path, [row], **options)
+    assert texts(ds) == [expected]
+    assert col(ds, "flags") == [flags]
 
 
-def test_conversational_without_prompt_list(tmp_path):
-    ds = load_rows(tmp_path, [{"chosen": [USER, GOOD], "rejected": [USER, BAD]}])
-    assert texts(ds) == [("\n\nHuman: What is the capital of France?\n\nAssistant:", " Paris.", " Lyon.")]
-
-
-def test_conversational_multi_turn_shares_all_but_last_answer(tmp_path):
-    history = [USER, GOOD, {"role": "user", "content": "And of Italy?"}]
-    chosen = history + [{"role": "assistant", "content": "Rome."}]
-    rejected = history + [{"role": "assistant", "content": "Milan."}]
-    ds = load_rows(tmp_path, [{"chosen": chosen, "rejected": rejected}])
-    prompt = "\n\nHuman: What is the capital of France?\n\nAssistant: Paris.\n\nHuman: And of Italy?\n\nAssistant:"
-    assert texts(ds) == [(prompt, " Rome.", " Milan.")]
-    assert col(ds, "flags") == [[]]
-
-
-def test_conversational_string_prompt_with_message_responses(tmp_path):
-    ds = load_rows(tmp_path, [{"prompt": "hi", "chosen": [GOOD], "rejected": [BAD]}])
-    assert texts(ds) == [("\n\nHuman: hi\n\nAssistant:", " Paris.", " Lyon.")]
-
-
-def test_conversational_extra_turn_flags_different_history(tmp_path):
-    chosen = [USER, GOOD, {"role": "user", "content": "sure?"}, {"role": "assistant", "content": "Yes."}]
-    ds = load_rows(tmp_path, [{"chosen": chosen, "rejected": [USER, BAD]}])
-    assert texts(ds) == [
-        ("\n\nHuman: What is the capital of France?\n\nAssistant:", " Paris.\n\nHuman: sure?\n\nAssistant: Yes.", " Lyon.")
-    ]
-    assert col(ds, "flags") == [["different_history"]]
+# --- chat rendering -------------------------------------------------------------------------
 
 
 def test_render_messages_role_names():
@@ -256,137 +227,100 @@ def test_moss_lists_of_turns_and_strength_columns(tmp_path):
     assert col(ds, "rejected score list") == [[0.5, 0.25, -1.0], [3.0]]
 
 
-def test_moss_different_history_flag(tmp_path):
-    ds = load_rows(tmp_path, [{"chosen": ["q", "a", "q2", "x"], "rejected": ["q", "b", "q2", "y"]}])
-    assert texts(ds) == [(f"{H} q{A}", f" a{H} q2{A} x", f" b{H} q2{A} y")]
-    assert col(ds, "flags") == [["different_history"]]
-
-
 # --- pairwise judgements ------------------------------------------------------------------
 
 
-def test_response1_response2_one_based_labels(tmp_path):
-    rows = [
-        {"query": "q1", "response1": "A1", "response2": "B1", "label": 1},
-        {"query": "q2", "response1": "A2", "response2": "B2", "label": 2},
-        {"query": "q3", "response1": "A3", "response2": "B3", "label": 0},
-    ]
-    ds = load_rows(tmp_path, rows)
-    assert texts(ds) == [("q1", "A1", "B1"), ("q2", "B2", "A2"), ("q3", "A3", "B3")]
-    assert col(ds, "flags") == [[], [], ["tie"]]
-    assert col(ds, "original_label") == ["1", "2", "0"]
-    assert ds.column_names == list(rmclean.CANONICAL_COLUMNS) + ["original_label"]
+# rows; load options (name: the file they are written to); the (prompt, chosen, rejected) they give;
+# flags; original_label; other columns kept from the input (in column order, before original_label)
+JUDGEMENTS = [
+    pytest.param(
+        [{"query": "q1", "response1": "A1", "response2": "B1", "label": 1},
+         {"query": "q2", "response1": "A2", "response2": "B2", "label": 2},
+         {"query": "q3", "response1": "A3", "response2": "B3", "label": 0}],
+        {},
+        [("q1", "A1", "B1"), ("q2", "B2", "A2"), ("q3", "A3", "B3")], [[], [], ["tie"]], ["1", "2", "0"], {},
+        id="response1-response2-one-based-labels"),
+    pytest.param(  # an input field named like a canonical column is kept under an input_ prefix
+        [{"prompt": "p0", "response 1": "A", "response 2": "B", "label": 0, "source": "autoj-src"},
+         {"prompt": "p1", "response 1": "A", "response 2": "B", "label": 1, "source": "autoj-src"},
+         {"prompt": "p2", "response 1": "A", "response 2": "B", "label": 2, "source": "autoj-src"}],
+        {},
+        [("p0", "A", "B"), ("p1", "B", "A"), ("p2", "A", "B")], [[], [], ["tie"]], ["0", "1", "2"],
+        {"input_source": ["autoj-src"] * 3},
+        id="autoj-zero-based-labels"),
+    pytest.param(
+        [{"input": "Write a haiku.", "output_1": "O1", "output_2": "O2", "label": 2},
+         {"input": "Say hi.", "output_1": "hi", "output_2": "bye", "label": 1}],
+        {"name": "dataset.json"},
+        [("Write a haiku.", "O2", "O1"), ("Say hi.", "hi", "bye")], [[], []], ["2", "1"], {},
+        id="llmbar-output_1-output_2-with-input-prompt"),
+    pytest.param(
+        [{"query": "q1", "response1": "r1a", "response2": "r1b", "human": "model1"},
+         {"query": "q2", "response1": "r2a", "response2": "r2b", "human": "model2"},
+         {"query": "q3", "response1": "r3a", "response2": "r3b", "human": "TIE"}],
+        {},
+        [("q1", "r1a", "r1b"), ("q2", "r2b", "r2a"), ("q3", "r3a", "r3b")], [[], [], ["tie"]],
+        ["model1", "model2", "TIE"], {},
+        id="llmeval2-human-model1-model2-tie"),
+    pytest.param(  # instruction and input are joined into the prompt, not kept as columns
+        [{"idx": 7, "instruction": "Summarise the text.", "input": "Cats sleep a lot.",
+          "response1": "Cats nap.", "response2": "Dogs bark.", "annotator1": 1},
+         {"idx": 8, "instruction": "Name a prime.", "input": "", "response1": "4", "response2": "7", "annotator1": 2}],
+        {"label_key": "annotator1"},
+        [("Summarise the text.\n\nCats sleep a lot.", "Cats nap.", "Dogs bark."), ("Name a prime.", "7", "4")],
+        [[], []], ["1", "2"], {"idx": [7, 8]},
+        id="pandalm-instruction-and-input-joined"),
+    pytest.param(
+        [{"q": "x", "left": "L1", "right": "R1", "verdict": "LEFT"},
+         {"q": "y", "left": "L2", "right": "R2", "verdict": "RIGHT"},
+         {"q": "z", "left": "L3", "right": "R3", "verdict": "SAME"}],
+        {"response_keys": ("left", "right"), "label_key": "verdict", "prompt_key": "q",
+         "label_map": {"LEFT": "first", "RIGHT": "second", "SAME": "tie"}},
+        [("x", "L1", "R1"), ("y", "R2", "L2"), ("z", "L3", "R3")], [[], [], ["tie"]], ["LEFT", "RIGHT", "SAME"], {},
+        id="label_map-response_keys-and-label_key-overrides"),
+    pytest.param(
+        [{"response1": "A", "response2": "B", "label": 1}, {"response1": "C", "response2": "D", "label": 2}],
+        {"label_map": {1: "second", 2: "first"}},
+        [("", "B", "A"), ("", "C", "D")], [[], []], ["1", "2"], {},
+        id="label_map-overrides-builtin-meaning-of-numbers"),
+]
 
 
-def test_autoj_zero_based_labels(tmp_path):
-    rows = [
-        {"prompt": "p0", "response 1": "A", "response 2": "B", "label": 0, "source": "autoj-src"},
-        {"prompt": "p1", "response 1": "A", "response 2": "B", "label": 1, "source": "autoj-src"},
-        {"prompt": "p2", "response 1": "A", "response 2": "B", "label": 2, "source": "autoj-src"},
-    ]
-    ds = load_rows(tmp_path, rows)
-    assert texts(ds) == [("p0", "A", "B"), ("p1", "B", "A"), ("p2", "A", "B")]
-    assert col(ds, "flags") == [[], [], ["tie"]]
-    assert col(ds, "original_label") == ["0", "1", "2"]
-    # an input field named like a canonical column is kept under an input_ prefix
-    assert col(ds, "source") == [str(tmp_path / "data.jsonl")] * 3
-    assert col(ds, "input_source") == ["autoj-src"] * 3
+@pytest.mark.parametrize(("rows", "options", "expected", "flags", "labels", "kept"), JUDGEMENTS)
+def test_pairwise_judgement(tmp_path, rows, options, expected, flags, labels, kept):
+    ds = load_rows(tmp_path, rows, **options)
+    assert texts(ds) == expected
+    assert col(ds, "flags") == flags
+    assert col(ds, "original_label") == labels
+    assert col(ds, "source") == [str(tmp_path / options.get("name", "data.jsonl"))] * len(rows)
+    for name, values in kept.items():
+        assert col(ds, name) == values
+    assert ds.column_names == list(rmclean.CANONICAL_COLUMNS) + list(kept) + ["original_label"]
 
 
-def test_llmbar_output_1_output_2_with_input_prompt(tmp_path):
-    rows = [
-        {"input": "Write a haiku.", "output_1": "O1", "output_2": "O2", "label": 2},
-        {"input": "Say hi.", "output_1": "hi", "output_2": "bye", "label": 1},
-    ]
-    ds = load_rows(tmp_path, rows, name="dataset.json")
-    assert texts(ds) == [("Write a haiku.", "O2", "O1"), ("Say hi.", "hi", "bye")]
-    assert col(ds, "original_label") == ["2", "1"]
-    assert col(ds, "flags") == [[], []]
+# rows written to judged.jsonl; load options; the line and field the error names; fragments of its message
+LABEL_ERRORS = [
+    pytest.param([{"response1": "A", "response2": "B", "label": 1}, {"response1": "A", "response2": "B", "label": "maybe"}],
+                 {}, 2, "label", ["field 'label'", "'maybe'"], id="unknown-label"),
+    pytest.param([{"response1": "A", "response2": "B", "verdict": "other"}],
+                 {"label_key": "verdict", "label_map": {"a": "first"}},
+                 1, "verdict", ["label 'other' in field 'verdict' is not in label_map"], id="label-missing-from-label_map"),
+    pytest.param([{"response1": "A", "response2": "B", "label": "x"}],
+                 {"label_map": {"x": "left"}}, 1, "label", ["'left'"], id="label_map-to-invalid-verdict"),
+    pytest.param([{"response1": "A", "response2": "B"}],
+                 {}, 1, "label", ["field 'label' is missing"], id="missing-label-field"),
+]
 
 
-def test_llmeval2_human_model1_model2_tie(tmp_path):
-    rows = [
-        {"query": "q1", "response1": "r1a", "response2": "r1b", "human": "model1"},
-        {"query": "q2", "response1": "r2a", "response2": "r2b", "human": "model2"},
-        {"query": "q3", "response1": "r3a", "response2": "r3b", "human": "TIE"},
-    ]
-    ds = load_rows(tmp_path, rows)
-    assert texts(ds) == [("q1", "r1a", "r1b"), ("q2", "r2b", "r2a"), ("q3", "r3a", "r3b")]
-    assert col(ds, "flags") == [[], [], ["tie"]]
-    assert col(ds, "original_label") == ["model1", "model2", "TIE"]
-
-
-def test_pandalm_instruction_and_input_joined(tmp_path):
-    rows = [
-        {"idx": 7, "instruction": "Summarise the text.", "input": "Cats sleep a lot.",
-         "response1": "Cats nap.", "response2": "Dogs bark.", "annotator1": 1},
-        {"idx": 8, "instruction": "Name a prime.", "input": "",
-         "response1": "4", "response2": "7", "annotator1": 2},
-    ]
-    ds = load_rows(tmp_path, rows, label_key="annotator1")
-    assert texts(ds) == [
-        ("Summarise the text.\n\nCats sleep a lot.", "Cats nap.", "Dogs bark."),
-        ("Name a prime.", "7", "4"),
-    ]
-    assert col(ds, "idx") == [7, 8]
-    assert col(ds, "original_label") == ["1", "2"]
-    assert "instruction" not in ds.column_names and "input" not in ds.column_names
-
-
-def test_label_map_response_keys_and_label_key_overrides(tmp_path):
-    rows = [
-        {"q": "x", "left": "L1", "right": "R1", "verdict": "LEFT"},
-        {"q": "y", "left": "L2", "right": "R2", "verdict": "RIGHT"},
-        {"q": "z", "left": "L3", "right": "R3", "verdict": "SAME"},
-    ]
-    ds = load_rows(
-        tmp_path, rows, response_keys=("left", "right"), label_key="verdict", prompt_key="q",
-        label_map={"LEFT": "first", "RIGHT": "second", "SAME": "tie"},
-    )
-    assert texts(ds) == [("x", "L1", "R1"), ("y", "R2", "L2"), ("z", "L3", "R3")]
-    assert col(ds, "flags") == [[], [], ["tie"]]
-    assert col(ds, "original_label") == ["LEFT", "RIGHT", "SAME"]
-    assert ds.column_names == list(rmclean.CANONICAL_COLUMNS) + ["original_label"]
-
-
-def test_label_map_overrides_builtin_meaning_of_numbers(tmp_path):
-    rows = [{"response1": "A", "response2": "B", "label": 1}, {"response1": "C", "response2": "D", "label": 2}]
-    ds = load_rows(tmp_path, rows, label_map={1: "second", 2: "first"})
-    assert texts(ds) == [("", "B", "A"), ("", "C", "D")]
-
-
-def test_unknown_label_raises_naming_label_field(tmp_path):
-    rows = [{"response1": "A", "response2": "B", "label": 1}, {"response1": "A", "response2": "B", "label": "maybe"}]
+@pytest.mark.parametrize(("rows", "options", "line", "field", "fragments"), LABEL_ERRORS)
+def test_bad_label_raises_naming_line_and_field(tmp_path, rows, options, line, field, fragments):
     path = write_jsonl(tmp_path / "judged.jsonl", rows)
     with pytest.raises(rmclean.PairFormatError) as info:
-        rmclean.load_pairs(str(path))
-    assert info.value.field == "label"
-    assert info.value.location == f"{path}, line 2"
-    assert "field 'label'" in str(info.value)
-    assert "'maybe'" in str(info.value)
-
-
-def test_label_missing_from_label_map_raises(tmp_path):
-    rows = [{"response1": "A", "response2": "B", "verdict": "other"}]
-    with pytest.raises(rmclean.PairFormatError) as info:
-        load_rows(tmp_path, rows, label_key="verdict", label_map={"a": "first"})
-    assert info.value.field == "verdict"
-    assert "label 'other' in field 'verdict' is not in label_map" in str(info.value)
-
-
-def test_label_map_to_invalid_verdict_raises(tmp_path):
-    rows = [{"response1": "A", "response2": "B", "label": "x"}]
-    with pytest.raises(rmclean.PairFormatError) as info:
-        load_rows(tmp_path, rows, label_map={"x": "left"})
-    assert info.value.field == "label"
-    assert "'left'" in str(info.value)
-
-
-def test_missing_label_field_raises(tmp_path):
-    with pytest.raises(rmclean.PairFormatError) as info:
-        load_rows(tmp_path, [{"response1": "A", "response2": "B"}])
-    assert info.value.field == "label"
-    assert "field 'label' is missing" in str(info.value)
+        rmclean.load_pairs(str(path), **options)
+    assert info.value.field == field
+    assert info.value.location == f"{path}, line {line}"
+    for fragment in fragments:
+        assert fragment in str(info.value)
 
 
 def test_int_keyed_label_map_matches_csv_string_labels(tmp_path):
@@ -415,12 +349,6 @@ def test_column_mapping_keys(tmp_path):
     assert texts(ds) == [("Q1", "G1", "B1"), ("Q2", "G2", "B2")]
     assert ds.column_names == list(rmclean.CANONICAL_COLUMNS) + ["meta"]
     assert col(ds, "meta") == ["m1", "m2"]
-
-
-def test_column_mapping_without_prompt_splits_hh(tmp_path):
-    rows = [{"winner": f"{H} q{A} w", "loser": f"{H} q{A} l"}]
-    ds = load_rows(tmp_path, rows, chosen_key="winner", rejected_key="loser")
-    assert texts(ds) == [(f"{H} q{A}", " w", " l")]
 
 
 # --- UltraFeedback scores -------------------------------------------------------------------
@@ -474,27 +402,29 @@ def test_pair_id_stable_across_files_and_formats(tmp_path):
     assert first[0]["pair_id"] == formats.pair_id("other", "x", "y") != expected
 
 
-def test_pair_id_of_hh_pair_uses_split_texts(tmp_path):
-    ds = load_rows(tmp_path, [{"chosen": f"{H} q{A} a", "rejected": f"{H} q{A} b"}])
-    assert ds[0]["pair_id"] == formats.pair_id(f"{H} q{A}", " a", " b")
+PID = formats.pair_id
+
+# rows; the pair_id and flags of each row
+PAIR_IDS = [
+    pytest.param([{"chosen": f"{H} q{A} a", "rejected": f"{H} q{A} b"}],
+                 [PID(f"{H} q{A}", " a", " b")], [[]], id="hh-pair-uses-split-texts"),
+    pytest.param([{"prompt": "P", "chosen": "C", "rejected": "R"}, {"prompt": "P", "chosen": "R", "rejected": "C"}],
+                 [PID("P", "C", "R"), PID("P", "R", "C")], [[], []], id="changes-when-chosen-and-rejected-swap"),
+    pytest.param([{"prompt": "P", "chosen": "C", "rejected": "R"}, {"prompt": "P", "chosen": "C", "rejected": "R2"},
+                  {"prompt": "P", "chosen": "C", "rejected": "R"}, {"prompt": "P", "chosen": "C", "rejected": "R"}],
+                 [PID("P", "C", "R"), PID("P", "C", "R2"), PID("P", "C", "R") + "-2", PID("P", "C", "R") + "-3"],
+                 [[], [], ["duplicate"], ["duplicate"]], id="repeated-rows-get-suffixed-ids-and-duplicate-flag"),
+]
 
 
-def test_pair_id_changes_when_chosen_and_rejected_swap(tmp_path):
-    ds = load_rows(tmp_path, [{"prompt": "P", "chosen": "C", "rejected": "R"}, {"prompt": "P", "chosen": "R", "rejected": "C"}])
-    ids = col(ds, "pair_id")
-    assert all(HEX16.match(i) for i in ids)
-    assert ids[0] != ids[1]
-    assert ids[1] == formats.pair_id("P", "R", "C")
-    assert col(ds, "flags") == [[], []]
-
-
-def test_repeated_rows_get_suffixed_ids_and_duplicate_flag(tmp_path):
-    pair = {"prompt": "P", "chosen": "C", "rejected": "R"}
-    other = {"prompt": "P", "chosen": "C", "rejected": "R2"}
-    ds = load_rows(tmp_path, [pair, other, pair, pair])
-    base = formats.pair_id("P", "C", "R")
-    assert col(ds, "pair_id") == [base, formats.pair_id("P", "C", "R2"), f"{base}-2", f"{base}-3"]
-    assert col(ds, "flags") == [[], [], ["duplicate"], ["duplicate"]]
+@pytest.mark.parametrize(("rows", "ids", "flags"), PAIR_IDS)
+def test_pair_ids(tmp_path, rows, ids, flags):
+    ds = load_rows(tmp_path, rows)
+    assert col(ds, "pair_id") == ids
+    assert col(ds, "flags") == flags
+    # 16 hex digits, a -n suffix on repeats: every row's id differs
+    assert all(HEX16.match(i.partition("-")[0]) for i in col(ds, "pair_id"))
+    assert len(set(col(ds, "pair_id"))) == len(ds)
 
 
 # --- the same pairs in every container ------------------------------------------------------
@@ -604,17 +534,59 @@ def _list_of_dicts(tmp_path):
     return [dict(p) for p in PAIRS], {}, ["<rows>"] * 3, [0, 1, 2]
 
 
+def _json_gz_array(tmp_path):
+    path = tmp_path / "pairs.json.gz"
+    path.write_bytes(gzip.compress(json.dumps(PAIRS, indent=2, ensure_ascii=False).encode("utf-8")))
+    return str(path), {}, [str(path)] * 3, [0, 1, 2]
+
+
+def _json_gz_array_in_zip(tmp_path):
+    path = tmp_path / "pairs.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("pairs.json.gz", gzip.compress(json.dumps(PAIRS, indent=2).encode("utf-8")))
+    return str(path), {}, [str(path)] * 3, [0, 1, 2]
+
+
+def _folder_every_file(tmp_path):
+    """No subset or split: every file, in order of the paths."""
+    write_jsonl(tmp_path / "corpus" / "b" / "test.jsonl", PAIRS[1:])
+    write_jsonl(tmp_path / "corpus" / "a" / "train.jsonl", PAIRS[:1])
+    sources = ["corpus/a/train.jsonl", "corpus/b/test.jsonl", "corpus/b/test.jsonl"]
+    return str(tmp_path / "corpus"), {}, sources, [0, 0, 1]
+
+
+def _folder_several_subsets(tmp_path):
+    write_jsonl(tmp_path / "corpus" / "x" / "test.jsonl", PAIRS[:1])
+    write_jsonl(tmp_path / "corpus" / "y" / "test.jsonl", PAIRS[1:])
+    write_jsonl(tmp_path / "corpus" / "z" / "test.jsonl", [OTHER])
+    sources = ["corpus/x/test.jsonl", "corpus/y/test.jsonl", "corpus/y/test.jsonl"]
+    return str(tmp_path / "corpus"), {"subset": ["x", "y"]}, sources, [0, 0, 1]
+
+
+def _dataset_dict_all_splits(tmp_path):
+    path = tmp_path / "saved_dict"
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(PAIRS[:1]), "test": datasets.Dataset.from_list(PAIRS[1:])}
+    ).save_to_disk(str(path))
+    return str(path), {}, [f"{path}:train", f"{path}:test", f"{path}:test"], [0, 0, 1]
+
+
 CONTAINERS = {
     "jsonl": _jsonl,
     "jsonl.gz": _jsonl_gz,
     "json-array": _json_array,
     "json-holding-jsonl": _json_holding_jsonl,
+    "json.gz-array": _json_gz_array,
+    "json.gz-array-in-zip": _json_gz_array_in_zip,
     "parquet": _parquet,
     "csv": _csv,
     "zip": _zip,
     "save_to_disk": _save_to_disk,
     "dataset_dict-save_to_disk": _dataset_dict,
+    "dataset_dict-without-split-reads-all-splits": _dataset_dict_all_splits,
     "folder": _folder,
+    "folder-without-subset-or-split-reads-every-file": _folder_every_file,
+    "folder-several-subsets": _folder_several_subsets,
     "Dataset": _in_memory_dataset,
     "DatasetDict": _in_memory_dataset_dict,
     "DataFrame": _dataframe,
@@ -642,51 +614,6 @@ def test_pair_ids_agree_across_containers(tmp_path):
         source, kwargs, _, _ = CONTAINERS[name](tmp_path / name)
         ids.add(tuple(col(rmclean.load_pairs(source, **kwargs), "pair_id")))
     assert ids == {tuple(formats.pair_id(*t) for t in EXPECTED_TEXTS)}
-
-
-def test_json_gz_holding_a_json_array(tmp_path):
-    path = tmp_path / "pairs.json.gz"
-    path.write_bytes(gzip.compress(json.dumps(PAIRS, indent=2, ensure_ascii=False).encode("utf-8")))
-    ds = rmclean.load_pairs(str(path))
-    assert texts(ds) == EXPECTED_TEXTS
-
-
-def test_json_gz_array_inside_zip(tmp_path):
-    path = tmp_path / "pairs.zip"
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("pairs.json.gz", gzip.compress(json.dumps(PAIRS, indent=2).encode("utf-8")))
-    ds = rmclean.load_pairs(str(path))
-    assert texts(ds) == EXPECTED_TEXTS
-    assert col(ds, "row") == [0, 1, 2]
-
-
-def test_folder_without_subset_or_split_reads_every_file_in_order(tmp_path):
-    write_jsonl(tmp_path / "corpus" / "b" / "test.jsonl", PAIRS[1:])
-    write_jsonl(tmp_path / "corpus" / "a" / "train.jsonl", PAIRS[:1])
-    ds = rmclean.load_pairs(str(tmp_path / "corpus"))
-    assert texts(ds) == EXPECTED_TEXTS
-    assert col(ds, "source") == ["corpus/a/train.jsonl", "corpus/b/test.jsonl", "corpus/b/test.jsonl"]
-    assert col(ds, "row") == [0, 0, 1]
-
-
-def test_folder_with_several_subsets(tmp_path):
-    write_jsonl(tmp_path / "corpus" / "x" / "test.jsonl", PAIRS[:1])
-    write_jsonl(tmp_path / "corpus" / "y" / "test.jsonl", PAIRS[1:])
-    write_jsonl(tmp_path / "corpus" / "z" / "test.jsonl", [OTHER])
-    ds = rmclean.load_pairs(str(tmp_path / "corpus"), subset=["x", "y"])
-    assert texts(ds) == EXPECTED_TEXTS
-    assert col(ds, "source") == ["corpus/x/test.jsonl", "corpus/y/test.jsonl", "corpus/y/test.jsonl"]
-
-
-def test_dataset_dict_folder_without_split_reads_all_splits(tmp_path):
-    path = tmp_path / "saved_dict"
-    datasets.DatasetDict(
-        {"train": datasets.Dataset.from_list(PAIRS[:1]), "test": datasets.Dataset.from_list(PAIRS[1:])}
-    ).save_to_disk(str(path))
-    ds = rmclean.load_pairs(str(path))
-    assert texts(ds) == EXPECTED_TEXTS
-    assert col(ds, "source") == [f"{path}:train", f"{path}:test", f"{path}:test"]
-    assert col(ds, "row") == [0, 0, 1]
 
 
 def test_parquet_keeps_extra_columns_and_reads_null_prompt_as_implicit(tmp_path):
@@ -733,33 +660,44 @@ def make_hh_root(root: Path) -> Path:
     return root
 
 
-def expected_hh(subsets=SUBSETS, split="test"):
-    tags = [f"{s}-{i}" for s in subsets for i in (0, 1)] if split == "test" else [f"{s}-train" for s in subsets]
-    return [(f"{H} question {t}{A}", f" good {t}", f" bad {t}") for t in tags]
+def expected_hh(subsets=SUBSETS, split="test") -> list[tuple]:
+    """((prompt, chosen, rejected), source, row) of each pair make_hh_root wrote for these subsets and split."""
+    rows = (0, 1) if split == "test" else (0,)
+    tags = [(s, i, f"{s}-{i}" if split == "test" else f"{s}-train") for s in subsets for i in rows]
+    return [((f"{H} question {t}{A}", f" good {t}", f" bad {t}"), f"hh-rlhf/{s}/{split}", i) for s, i, t in tags]
 
 
-def test_named_hh_rlhf_from_data_dir_root(tmp_path):
-    root = make_hh_root(tmp_path / "data")
-    ds = rmclean.load_pairs("hh-rlhf", data_dir=root)
-    assert texts(ds) == expected_hh()
-    assert col(ds, "source") == [f"hh-rlhf/{s}/test" for s in SUBSETS for _ in (0, 1)]
-    assert col(ds, "row") == [0, 1] * 4
-    assert col(ds, "flags") == [[]] * 8
+DATA = Path("data")  # make_hh_root(tmp_path / "data")
+
+# name; load options (data_dir relative to tmp_path, as a Path or a str; without data_dir the data is
+# found through $RMCLEAN_DATA_DIR); the subsets and split whose pairs come back (the first `limit` of them)
+NAMED_HH = [
+    pytest.param("hh-rlhf", {"data_dir": DATA}, SUBSETS, "test", id="from-data_dir-root"),
+    pytest.param("hh-rlhf", {"data_dir": "data/hh-rlhf"}, SUBSETS, "test", id="from-its-own-folder"),
+    pytest.param("hh-rlhf", {"subset": "helpful-online"}, ["helpful-online"], "test", id="from-env-var"),
+    pytest.param("hh-rlhf", {"subset": "helpful-base", "data_dir": DATA}, ["helpful-base"], "test", id="subset"),
+    pytest.param("Anthropic/hh-rlhf", {"split": "train", "data_dir": DATA}, SUBSETS, "train",
+                 id="alias-Anthropic-hh-rlhf-split-train"),
+    pytest.param("hh", {"subset": ["helpful-online", "harmless-base"], "data_dir": DATA},
+                 ["helpful-online", "harmless-base"], "test", id="alias-hh-two-subsets-in-the-order-given"),
+    pytest.param("hh-rlhf", {"data_dir": DATA, "limit": 3}, SUBSETS, "test", id="limit-counts-rows-across-files"),
+    pytest.param("hh-rlhf", {"data_dir": DATA, "limit": 0}, SUBSETS, "test", id="limit-0"),
+    pytest.param("hh-rlhf", {"data_dir": DATA, "limit": 100}, SUBSETS, "test", id="limit-above-the-number-of-rows"),
+]
 
 
-def test_named_hh_rlhf_from_its_own_folder(tmp_path):
-    root = make_hh_root(tmp_path / "data")
-    ds = rmclean.load_pairs("hh-rlhf", data_dir=str(root / "hh-rlhf"))
-    assert texts(ds) == expected_hh()
-    assert col(ds, "source") == [f"hh-rlhf/{s}/test" for s in SUBSETS for _ in (0, 1)]
-
-
-def test_named_hh_rlhf_from_env_var(tmp_path, monkeypatch):
-    root = make_hh_root(tmp_path / "data")
-    monkeypatch.setenv("RMCLEAN_DATA_DIR", str(root))
-    ds = rmclean.load_pairs("hh-rlhf", subset="helpful-online")
-    assert texts(ds) == expected_hh(["helpful-online"])
-    assert col(ds, "source") == ["hh-rlhf/helpful-online/test"] * 2
+@pytest.mark.parametrize(("name", "options", "subsets", "split"), NAMED_HH)
+def test_named_hh_rlhf(tmp_path, monkeypatch, name, options, subsets, split):
+    make_hh_root(tmp_path / DATA)
+    options = dict(options)
+    if "data_dir" in options:
+        options["data_dir"] = type(options["data_dir"])(tmp_path / options["data_dir"])  # Path stays Path, str str
+    else:
+        monkeypatch.setenv("RMCLEAN_DATA_DIR", str(tmp_path / DATA))
+    ds = rmclean.load_pairs(name, **options)
+    expected = expected_hh(subsets, split)[: options.get("limit")]
+    assert list(zip(texts(ds), col(ds, "source"), col(ds, "row"))) == expected
+    assert col(ds, "flags") == [[]] * len(expected)
 
 
 def test_named_hh_rlhf_data_dir_wins_over_env_var(tmp_path, monkeypatch):
@@ -768,31 +706,12 @@ def test_named_hh_rlhf_data_dir_wins_over_env_var(tmp_path, monkeypatch):
     (other / "test.jsonl.gz").write_bytes(gzip.compress((json.dumps(hh_pair("env")) + "\n").encode()))
     monkeypatch.setenv("RMCLEAN_DATA_DIR", str(tmp_path / "other"))
     root = make_hh_root(tmp_path / "data")
-    assert texts(rmclean.load_pairs("hh-rlhf", subset="harmless-base", data_dir=root)) == expected_hh(["harmless-base"])
+    assert texts(rmclean.load_pairs("hh-rlhf", subset="harmless-base", data_dir=root)) == [
+        t for t, _, _ in expected_hh(["harmless-base"])
+    ]
     assert texts(rmclean.load_pairs("hh-rlhf", subset="harmless-base")) == [
         (f"{H} question env{A}", " good env", " bad env")
     ]
-
-
-def test_named_hh_rlhf_subset_split_and_alias(tmp_path):
-    root = make_hh_root(tmp_path / "data")
-    ds = rmclean.load_pairs("hh-rlhf", subset="helpful-base", data_dir=root)
-    assert texts(ds) == expected_hh(["helpful-base"])
-    assert col(ds, "source") == ["hh-rlhf/helpful-base/test"] * 2
-    train = rmclean.load_pairs("Anthropic/hh-rlhf", split="train", data_dir=root)
-    assert texts(train) == expected_hh(split="train")
-    assert col(train, "source") == [f"hh-rlhf/{s}/train" for s in SUBSETS]
-    two = rmclean.load_pairs("hh", subset=["helpful-online", "harmless-base"], data_dir=root)
-    assert texts(two) == expected_hh(["helpful-online", "harmless-base"])
-
-
-def test_limit_counts_rows_across_files(tmp_path):
-    root = make_hh_root(tmp_path / "data")
-    ds = rmclean.load_pairs("hh-rlhf", data_dir=root, limit=3)
-    assert texts(ds) == expected_hh()[:3]
-    assert col(ds, "source") == ["hh-rlhf/harmless-base/test"] * 2 + ["hh-rlhf/helpful-base/test"]
-    assert len(rmclean.load_pairs("hh-rlhf", data_dir=root, limit=0)) == 0
-    assert len(rmclean.load_pairs("hh-rlhf", data_dir=root, limit=100)) == 8
 
 
 def test_limit_stops_before_a_bad_row(tmp_path):
@@ -804,37 +723,44 @@ def test_limit_stops_before_a_bad_row(tmp_path):
         rmclean.load_pairs(str(path), limit=3)
 
 
-def test_negative_limit_rejected(tmp_path):
-    with pytest.raises(ValueError, match="limit must be >= 0"):
-        rmclean.load_pairs(PAIRS, limit=-1)
+def _hh_root(tmp_path):
+    return "hh-rlhf", {"data_dir": make_hh_root(tmp_path / "data")}
 
 
-def test_unknown_subset_raises(tmp_path):
-    root = make_hh_root(tmp_path / "data")
-    with pytest.raises(ValueError) as info:
-        rmclean.load_pairs("hh-rlhf", subset="harmful-base", data_dir=root)
-    assert "unknown subset 'harmful-base' of hh-rlhf" in str(info.value)
-    assert "helpful-rejection-sampled" in str(info.value)
+def _one_file(tmp_path):
+    return str(write_jsonl(tmp_path / "data.jsonl", PAIRS)), {}
 
 
-def test_unknown_split_raises(tmp_path):
-    root = make_hh_root(tmp_path / "data")
-    with pytest.raises(ValueError) as info:
-        rmclean.load_pairs("hh-rlhf", split="validation", data_dir=root)
-    assert "unknown split 'validation' of hh-rlhf; choose from train, test" in str(info.value)
-
-
-def test_split_on_a_single_file_raises(tmp_path):
-    path = write_jsonl(tmp_path / "data.jsonl", PAIRS)
-    with pytest.raises(ValueError, match="not to a file"):
-        rmclean.load_pairs(str(path), split="test")
-
-
-def test_dataset_dict_folder_unknown_split_raises(tmp_path):
+def _train_only_dataset_dict(tmp_path):
     path = tmp_path / "saved_dict"
     datasets.DatasetDict({"train": datasets.Dataset.from_list(PAIRS)}).save_to_disk(str(path))
-    with pytest.raises(ValueError, match="no split 'test'; choose from train"):
-        rmclean.load_pairs(str(path), split="test")
+    return str(path), {}
+
+
+def _rows(tmp_path):
+    return PAIRS, {}
+
+
+# what to load; the bad option(s); fragments of the ValueError's message
+BAD_OPTIONS = [
+    pytest.param(_hh_root, {"subset": "harmful-base"},
+                 ["unknown subset 'harmful-base' of hh-rlhf", "helpful-rejection-sampled"], id="unknown-subset"),
+    pytest.param(_hh_root, {"split": "validation"},
+                 ["unknown split 'validation' of hh-rlhf; choose from train, test"], id="unknown-split"),
+    pytest.param(_one_file, {"split": "test"}, ["not to a file"], id="split-on-a-single-file"),
+    pytest.param(_train_only_dataset_dict, {"split": "test"}, ["no split 'test'; choose from train"],
+                 id="dataset_dict-folder-unknown-split"),
+    pytest.param(_rows, {"limit": -1}, ["limit must be >= 0"], id="negative-limit"),
+]
+
+
+@pytest.mark.parametrize(("make", "options", "fragments"), BAD_OPTIONS)
+def test_bad_option_raises(tmp_path, make, options, fragments):
+    source, base = make(tmp_path)
+    with pytest.raises(ValueError) as info:
+        rmclean.load_pairs(source, **base, **options)
+    for fragment in fragments:
+        assert fragment in str(info.value)
 
 
 # --- the input format each row had ---------------------------------------------------------
