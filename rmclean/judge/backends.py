@@ -1,0 +1,122 @@
+"""Where a reply comes from: an OpenAI-compatible server through the official ``openai`` client
+(its own retries off) or a causal LM run here through ``transformers``; both give a
+:class:`Completion`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .config import CHARS_PER_TOKEN, JudgeConfig, JudgeError, estimate_tokens
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One reply with its token usage (``estimated`` when the server sent none)."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool = False
+
+
+class OpenAIBackend:
+    """One chat-completions request through the official ``openai`` client (its own retries
+    off: :class:`Judge` retries, so it can count, back off and honour Retry-After)."""
+
+    def __init__(self, config: JudgeConfig, api_key: str | None):
+        import openai
+
+        self.config = config
+        self.client = openai.OpenAI(api_key=api_key or "not-needed", base_url=config.effective_base_url,
+                                    max_retries=0, timeout=config.timeout_s)
+        self._use_max_completion_tokens = False
+
+    def complete(self, messages: Sequence[dict[str, str]], seed: int) -> Completion:
+        import openai
+
+        limit = ({"max_completion_tokens": self.config.max_tokens} if self._use_max_completion_tokens
+                 else {"max_tokens": self.config.max_tokens})
+        try:
+            response = self.client.chat.completions.create(
+                model=self.config.model_name, messages=list(messages),
+                temperature=self.config.sampling_temperature, **limit)
+        except openai.BadRequestError as exc:  # newer OpenAI models take only max_completion_tokens
+            if not self._use_max_completion_tokens and "max_completion_tokens" in str(exc):
+                self._use_max_completion_tokens = True
+                raise _Switched() from None
+            raise
+        choices = getattr(response, "choices", None)
+        if not choices or getattr(choices[0], "message", None) is None:
+            raise MalformedReply(f"the server answered without a choice: {str(response)[:200]}")
+        text = choices[0].message.content or ""
+        usage = getattr(response, "usage", None)
+        if usage is None or usage.prompt_tokens is None:
+            return Completion(text, estimate_tokens(messages), len(text) // CHARS_PER_TOKEN + 1, estimated=True)
+        return Completion(text, int(usage.prompt_tokens), int(usage.completion_tokens or 0))
+
+
+class MalformedReply(ValueError):
+    """A 200 answer that is not a chat completion."""
+
+
+class _Switched(Exception):
+    """The server asked for ``max_completion_tokens``: send the request again with it."""
+
+
+class LocalBackend:
+    """A causal LM from ``transformers`` answering through its chat template; sampling is
+    seeded per request, so the same request gives the same reply."""
+
+    def __init__(self, config: JudgeConfig):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from ..features.backbones import BackboneError, model_folder, resolve_backbone
+
+        try:
+            backbone = resolve_backbone(config.model_name)
+            if not backbone.is_decoder:
+                raise JudgeError(f"local judge model {config.model_name!r} is not a causal language model")
+            folder = str(model_folder(backbone))
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+            self.model = AutoModelForCausalLM.from_pretrained(folder)
+        except BackboneError as exc:
+            raise JudgeError(f"local judge model: {exc}") from None
+        except OSError as exc:
+            raise JudgeError(f"local judge model {config.model_name!r} cannot be loaded: {exc}") from None
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise JudgeError(f"local judge model {config.model_name!r} has no chat template: use an instruct model")
+        self.model.eval()
+        pad = self.tokenizer.pad_token_id
+        self._pad_id = pad if pad is not None else self.tokenizer.eos_token_id
+        self.config = config
+        self.positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+        self._torch = torch
+        self._lock = threading.Lock()
+
+    def complete(self, messages: Sequence[dict[str, str]], seed: int) -> Completion:
+        torch = self._torch
+        encoded = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True,
+                                                     return_tensors="pt", return_dict=True)
+        input_ids = encoded["input_ids"]
+        length = int(input_ids.shape[1])
+        if self.positions and length + self.config.max_tokens > self.positions:
+            raise PromptTooLong(f"the prompt has {length} tokens; with {self.config.max_tokens} new tokens it passes "
+                                f"the model's {self.positions} positions")
+        temperature = self.config.sampling_temperature
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {"do_sample": False}
+        with self._lock, torch.no_grad():
+            torch.manual_seed(seed)
+            output = self.model.generate(input_ids=input_ids, attention_mask=encoded.get("attention_mask"),
+                                         max_new_tokens=self.config.max_tokens,
+                                         pad_token_id=self._pad_id,
+                                         **sampling)
+        new = output[0, length:]
+        return Completion(self.tokenizer.decode(new, skip_special_tokens=True).strip(), length, int(new.shape[0]))
+
+
+class PromptTooLong(ValueError):
+    """A prompt the local model cannot read whole."""
