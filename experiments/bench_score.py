@@ -34,7 +34,8 @@ def child(arguments: dict) -> dict:
 
     import rmclean
     from rmclean.audit import AuditConfig, audit_features, to_markdown
-    from rmclean.score import ScoreConfig, pair_features, training_groups, view_margins
+    from rmclean.features.views import FeatureConfig, feature_views
+    from rmclean.score import ScoreConfig, training_groups, view_margins
 
     pairs = rmclean.load_pairs("hh-rlhf", limit=arguments["limit"])
     result: dict = {}
@@ -46,14 +47,13 @@ def child(arguments: dict) -> dict:
         assert code == 0
         result["summary"] = json.loads((Path(arguments["out"]) / "summary.json").read_text())["summary"]
     else:
-        config = ScoreConfig(backbone=arguments["backbone"])
+        config = ScoreConfig(features=FeatureConfig(backbone=arguments["backbone"]))
         valid, _ = rmclean.split_invalid(pairs)
         features_started = time.perf_counter()
-        views = [pair_features(valid, config, view=view, cache_dir=arguments["cache"], progress=False)[:2]
-                 for view in config.views]
+        views = feature_views(valid, config.features, cache_dir=arguments["cache"], progress=False)
         result["features_s"] = time.perf_counter() - features_started
         # texts embedded: chosen and rejected per view, plus the prompts of the response+prompt view
-        result["texts"] = sum(2 * len(valid) + (len(valid) if view == "response+prompt" else 0) for view in config.views)
+        result["texts"] = sum(2 * len(valid) + (len(valid) if view == "response+prompt" else 0) for view in config.features.views)
         result["pairs"] = len(valid)
         groups = training_groups(valid, config)
         heads_started = time.perf_counter()
@@ -72,9 +72,9 @@ def child(arguments: dict) -> dict:
 
 
 def rmclean_default_views() -> tuple[str, ...]:
-    from rmclean.score import ScoreConfig
+    from rmclean.features.views import FeatureConfig
 
-    return ScoreConfig().views
+    return FeatureConfig().views
 
 
 def run_child(arguments: dict) -> dict:

@@ -24,7 +24,6 @@ import argparse
 import shutil
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,9 @@ import rmclean
 from rmclean.audit import AuditConfig, audit_features
 from rmclean.features.backbones import embed_texts, resolve_backbone
 from rmclean.files import write_results
-from rmclean.score import ScoreConfig, pair_features, scoring_texts, training_groups, view_margins
+from rmclean.configs import from_record
+from rmclean.features.views import pair_features, scoring_texts
+from rmclean.score import ScoreConfig, training_groups, view_margins
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -85,17 +86,17 @@ def main() -> None:
     features: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     results = []
     for name, options in PANELS:
-        config = replace(base, **options)
-        for view in config.views:
+        config = from_record(ScoreConfig, {"members": args.members, **options})
+        for view in config.features.views:
             if view not in features:
-                features[view] = pair_features(pairs, config, view=view)[:2]
-        views = [features[view] for view in config.views]
+                features[view] = pair_features(pairs, config.features, view=view)
+        views = [features[view] for view in config.features.views]
         margins = view_margins(views, groups, config.head_config())
         correct = margins.mean(axis=1) > 0
         audited = audit_features(views, groups, config, AuditConfig(rates=(0.2,)))
         rows = {row["detector"]: row for row in audited["rows"]}
         results.append({
-            "panel": name, "views": list(config.views), "C": config.C,
+            "panel": name, "views": list(config.features.views), "C": config.C,
             "accuracy": float(correct.mean()),
             "accuracy_by_source": {s: float(correct[sources == s].mean()) for s in sorted(set(sources))},
             "auroc_at_0.2": {detector: row["auroc"] for detector, row in rows.items()},

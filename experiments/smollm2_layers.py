@@ -36,12 +36,12 @@ from rmclean.audit import (
     cleanlab_suspicion,
     detection_metrics,
     interval,
-    plant_flips,
-    swap_where,
 )
 from rmclean.features.backbones import pool_hidden_states, default_cache_dir, load_model, resolve_backbone, resolve_precision
 from rmclean.files import write_results
-from rmclean.score import ScoreConfig, scoring_texts, training_groups, view_margins
+from rmclean.features.views import scoring_texts
+from rmclean.noise import swap_where
+from rmclean.score import ScoreConfig, training_groups, view_margins
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LAYERS = (6, 10, 14, 18, 22, 26, 30)  # SmolLM2-135M has 30 layers; 30 is the final (normed) state
@@ -93,7 +93,7 @@ def paired_row(views, final_layer, groups, config: ScoreConfig) -> dict:
     """rmclean over several layers against rmclean and cleanlab on the final layer alone and
     cleanlab on the same layers, on the audit's planted flips, with paired bootstrap intervals
     of the differences."""
-    flipped = plant_flips(final_layer[0].shape[0], 0.2, AuditConfig().seed)
+    flipped = AuditConfig().flips(final_layer[0].shape[0], 0.2)
     noisy = [swap_where(flipped, chosen, rejected) for chosen, rejected in views]
     noisy_final = swap_where(flipped, *final_layer)
     suspicion = {
@@ -111,7 +111,7 @@ def paired_row(views, final_layer, groups, config: ScoreConfig) -> dict:
 def mlp_rows(chosen, rejected, groups, config: ScoreConfig) -> list[dict]:
     """MLP members on one view at 20% planted flips (the audit's flips), alone and averaged
     (each on unit scale) with the linear members."""
-    flipped = plant_flips(chosen.shape[0], 0.2, AuditConfig().seed)
+    flipped = AuditConfig().flips(chosen.shape[0], 0.2)
     noisy = [swap_where(flipped, chosen, rejected)]
     linear = view_margins(noisy, groups, config.head_config()).mean(axis=1)
     rows = [{"panel": "linear members", "auroc": detection_metrics(flipped, -linear)["auroc"]}]

@@ -1,6 +1,6 @@
 """What each scoring choice gives, on cached features of the pooled hh-rlhf test splits.
 
-Also compares feature views (``ScoreConfig.views``): the transcript, the response alone, and
+Also compares feature views (``FeatureConfig.views``): the transcript, the response alone, and
 the response with its prompt interaction, alone and combined.
 
     RMCLEAN_DATA_DIR=../shared/data python experiments/tune_heads.py [--backbone minilm]
@@ -24,21 +24,25 @@ import numpy as np
 import rmclean
 from rmclean.audit import AuditConfig, audit_features
 from rmclean.files import write_results
-from rmclean.score import VIEWS, ScoreConfig, pair_features, training_groups, view_margins
+from rmclean.features.views import VIEWS, FeatureConfig, feature_views
+from rmclean.score import ScoreConfig, training_groups, view_margins
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def variants(base: ScoreConfig) -> list[tuple[str, ScoreConfig]]:
+    def views(*names: str) -> ScoreConfig:
+        return replace(base, features=replace(base.features, views=names))
+
     rows = [(f"linear C={c:g}, per source", replace(base, C=c)) for c in (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.1, 1.0)]
     rows += [
         ("linear C=0.0003, pooled sources", replace(base, group_by=None)),
         ("linear C=0.0003, no bootstrap", replace(base, bootstrap=False)),
         ("mlp, per source", replace(base, head="mlp")),
-        ("view: response", replace(base, views=("response",))),
-        ("view: response+prompt", replace(base, views=("response+prompt",))),
-        ("views: transcript + response+prompt", replace(base, views=("transcript", "response+prompt"))),
-        ("views: all three", replace(base, views=("transcript", "response", "response+prompt"))),
+        ("view: response", views("response")),
+        ("view: response+prompt", views("response+prompt")),
+        ("views: transcript + response+prompt", views("transcript", "response+prompt")),
+        ("views: all three", views("transcript", "response", "response+prompt")),
     ]
     return rows
 
@@ -51,12 +55,12 @@ def main() -> None:
     args = parser.parse_args()
 
     pairs, _ = rmclean.split_invalid(rmclean.load_pairs("hh-rlhf", limit=args.limit))
-    base = ScoreConfig(backbone=args.backbone, members=args.members, views=("transcript",))
-    features = {view: pair_features(pairs, base, view=view)[:2] for view in VIEWS}
+    base = ScoreConfig(features=FeatureConfig(backbone=args.backbone, views=("transcript",)), members=args.members)
+    features = dict(zip(VIEWS, feature_views(pairs, replace(base.features, views=VIEWS))))
     results = []
     for name, config in variants(base):
         groups = training_groups(pairs, config)
-        views = [features[view] for view in config.views]
+        views = [features[view] for view in config.features.views]
         margins = view_margins(views, groups, config.head_config())
         audited = audit_features(views, groups, config, AuditConfig(rates=(0.2,)))
         auroc = {row["detector"]: row["auroc"] for row in audited["rows"]}

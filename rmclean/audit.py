@@ -21,46 +21,49 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .files import write_text
+from .configs import to_record
 from .data.pairs import split_invalid
-from .score import ScoreConfig, pair_features, training_groups, view_margins
+from .features.views import feature_views
+from .files import write_text
+from .noise import plant_flips, swap_where
+from .score import ScoreConfig, training_groups, view_margins
 
 DETECTORS = ("rmclean", "rmclean mean/std", "single member", "rmclean in-sample", "cleanlab", "oracle")
+
+
+def rates_list(text: str) -> tuple[float, ...]:
+    """``"0.1,0.2"`` -> ``(0.1, 0.2)``."""
+    return tuple(float(rate) for rate in text.split(",") if rate.strip())
 
 
 @dataclass(frozen=True)
 class AuditConfig:
     """Flip rates to plant, and the seed that picks which pairs are flipped."""
 
-    rates: tuple[float, ...] = (0.1, 0.2, 0.3)
-    seed: int = 0
-    resamples: int = 1000  # bootstrap resamples for the intervals; 0 for none
+    rates: tuple[float, ...] = field(default=(0.1, 0.2, 0.3), metadata={
+        "help": "flip rates to plant", "flag": "--inject", "metavar": "RATES", "parse": rates_list})
+    seed: int = field(default=0, metadata={"help": "which pairs are flipped (and the ensemble's seed)"})
+    resamples: int = field(default=1000, metadata={
+        "help": "bootstrap resamples for the AUROC intervals and the paired differences (0: none)", "metavar": "N"})
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "rates", tuple(self.rates))
         for rate in self.rates:
             if not 0 < rate < 1:
                 raise ValueError(f"flip rates must be between 0 and 1 (exclusive), got {rate}")
         if self.resamples < 0:
             raise ValueError(f"resamples must be 0 (no intervals) or more, got {self.resamples}")
 
-
-def plant_flips(n_pairs: int, rate: float, seed: int) -> np.ndarray:
-    """Boolean mask of exactly round(rate * n_pairs) pairs chosen at random."""
-    rng = np.random.default_rng([seed, int(round(rate * 1e6))])
-    mask = np.zeros(n_pairs, dtype=bool)
-    mask[rng.choice(n_pairs, size=int(round(rate * n_pairs)), replace=False)] = True
-    return mask
-
-
-def swap_where(flipped: np.ndarray, chosen: np.ndarray, rejected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(chosen, rejected)`` features ``(n_pairs, dim)`` with the rows of ``flipped`` pairs swapped."""
-    return np.where(flipped[:, None], rejected, chosen), np.where(flipped[:, None], chosen, rejected)
+    def flips(self, n_pairs: int, rate: float) -> np.ndarray:
+        """The pairs the audit flips at ``rate`` (:func:`~rmclean.noise.plant_flips`, seeded by
+        ``seed`` and the rate), shape ``(n_pairs,)``."""
+        return plant_flips(n_pairs, rate, [self.seed, int(round(rate * 1e6))])
 
 
 def detection_metrics(flipped: np.ndarray, suspicion: np.ndarray) -> dict[str, float]:
@@ -123,10 +126,9 @@ def audit(pairs, score_config: ScoreConfig = ScoreConfig(), config: AuditConfig 
     """Run the audit on the valid pairs of ``pairs`` (features of every view of
     ``score_config.views`` from the cache, see :func:`audit_features`)."""
     valid, _ = split_invalid(pairs)
-    views = [pair_features(valid, score_config, view=view, cache_dir=cache_dir, progress=progress)[:2]
-             for view in score_config.views]
+    views = feature_views(valid, score_config.features, cache_dir=cache_dir, progress=progress)
     result = audit_features(views, training_groups(valid, score_config), score_config, config)
-    return {"pairs": len(valid), "backbone": score_config.backbone, **result}
+    return {"pairs": len(valid), "backbone": score_config.features.backbone, **result}
 
 
 def audit_features(views: list[tuple[np.ndarray, np.ndarray]], groups: dict[str, np.ndarray],
@@ -139,7 +141,7 @@ def audit_features(views: list[tuple[np.ndarray, np.ndarray]], groups: dict[str,
     clean_margins = view_margins(views, groups, heads).mean(axis=1)
     rows: list[dict[str, Any]] = []
     for rate in config.rates:
-        flipped = plant_flips(n_pairs, rate, config.seed)
+        flipped = config.flips(n_pairs, rate)
         noisy = [swap_where(flipped, chosen, rejected) for chosen, rejected in views]
         margins = view_margins(noisy, groups, heads)
         strength_mean, strength_std = margins.mean(axis=1), margins.std(axis=1)
@@ -168,7 +170,7 @@ def audit_features(views: list[tuple[np.ndarray, np.ndarray]], groups: dict[str,
                     row["minus_rmclean_interval"] = interval(resampled[detector] - resampled["rmclean"])
                 rows.append(row)
     return {
-        "config": {"score": asdict(score_config), "audit": asdict(config)},
+        "config": {"score": to_record(score_config), "audit": to_record(config)},
         "cleanlab": _cleanlab_available(),
         "rows": rows,
     }

@@ -24,16 +24,19 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from .audit import swap_where
-from .denoise import DenoiseConfig, DenoiseError, plan
+from .configs import from_record, to_record
 from .data.pairs import split_invalid
-from .score import ScoreConfig, pair_features, training_groups, view_margins
+from .denoise import DenoiseConfig, DenoiseError, plan
+from .features.views import FeatureConfig, feature_views
+from .noise import plant_flips, swap_where
+from .score import ScoreConfig, training_groups, view_margins
+from .train.losses import LOSSES
 from .train.reward import RewardTrainConfig, preference_metrics, train_head
 
 #: Denoisers compared by default: the paper's fractions (10%, 20%) and the ``negative`` rule.
@@ -54,9 +57,6 @@ DEFAULT_DENOISERS: dict[str, DenoiseConfig] = {
     "soft-label+margin 10%": DenoiseConfig("soft-label+margin", "fraction:0.1"),
     "soft-label+margin 20%": DenoiseConfig("soft-label+margin", "fraction:0.2"),
 }
-#: The reward-model loss each method trains with.
-LOSS_OF = {"flip": "bt", "drop": "bt", "margin": "margin", "soft-label": "soft-label", "flip+margin": "margin",
-           "soft-label+margin": "soft-label+margin"}
 NOISE_KINDS = ("random", "targeted")
 #: The paper's three test sets, measured with independent ``judgements`` or ``test_noise``.
 TESTSETS = ("original", "agreeing", "independent")
@@ -66,29 +66,36 @@ VERDICTS = ("chosen", "rejected", "tie", "invalid", "error", "pending")
 
 @dataclass(frozen=True)
 class BenefitConfig:
-    """The denoising-benefit experiment. ``source`` and ``loading`` are the
-    :func:`rmclean.load_pairs` call; ``source`` may also list several sources, each a name
-    or ``{"source": ..., **its own loading options}``, whose pairs are pooled (see
-    :func:`load_benefit_pairs`); ``min_score_gap`` keeps only pairs whose rated scores
-    (``score_chosen`` − ``score_rejected``, as UltraFeedback rows carry) differ by at least
-    that much, a cleaner set; ``score`` and ``reward`` are the scorer's and the reward
-    model's settings (the reward heads read the scorer's views); ``judgements`` is a path to
-    independent labels for the test part (see :func:`read_judgements`), and ``test_noise``
-    a share of test labels to flip (the unflipped labels then serve as the independent
-    ones): either adds the paper's three test sets to every measurement."""
+    """The denoising-benefit experiment: what a ``rmclean compare --stage rm`` config file
+    holds, one key per field (see :meth:`from_dict`)."""
 
-    source: str | list[str | dict[str, Any]] = "hh-rlhf"
-    loading: dict[str, Any] = field(default_factory=dict)
-    seeds: int = 3
-    rates: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4)
-    noise: tuple[str, ...] = NOISE_KINDS
-    test_fraction: float = 0.3
-    min_score_gap: float | None = None
-    score: ScoreConfig = ScoreConfig()
-    reward: RewardTrainConfig = RewardTrainConfig()
-    denoisers: dict[str, DenoiseConfig] = field(default_factory=lambda: dict(DEFAULT_DENOISERS))
-    judgements: str | None = None
-    test_noise: float = 0.0
+    source: str | list[str | dict[str, Any]] = field(default="hh-rlhf", metadata={
+        "help": "what load_pairs reads; a list of sources, each a name or {\"source\": ..., **its own loading "
+                "options}, is pooled (see load_benefit_pairs)"})
+    loading: dict[str, Any] = field(default_factory=dict, metadata={"help": "load_pairs keyword arguments"})
+    seeds: int = field(default=3, metadata={"help": "train/test splits (and planted flips), each its own seed"})
+    rates: tuple[float, ...] = field(default=(0.0, 0.1, 0.2, 0.3, 0.4), metadata={
+        "help": "shares of the train labels to flip, each in [0, 0.5)"})
+    noise: tuple[str, ...] = field(default=NOISE_KINDS, metadata={
+        "help": "random flips, and/or targeted ones among the weakest pairs of an ensemble trained on the clean "
+                "labels (the hard-to-detect kind)"})
+    test_fraction: float = field(default=0.3, metadata={"help": "share of each source's pairs held out for testing"})
+    min_score_gap: float | None = field(default=None, metadata={
+        "help": "keep only pairs whose rated scores (score_chosen - score_rejected, as UltraFeedback rows carry) "
+                "differ by at least this much: a cleaner set"})
+    score: ScoreConfig = field(default=ScoreConfig(), metadata={
+        "help": "the scorer's settings, features included (a ScoreConfig record)"})
+    reward: RewardTrainConfig = field(default=RewardTrainConfig(), metadata={
+        "help": "the reward heads' settings (a RewardTrainConfig record without feature settings: the heads "
+                "read the scorer's features)"})
+    denoisers: dict[str, DenoiseConfig] = field(default_factory=lambda: dict(DEFAULT_DENOISERS), metadata={
+        "help": "the denoisers compared, by name (DenoiseConfig records)"})
+    judgements: str | None = field(default=None, metadata={
+        "help": "independent labels of the test pairs (a rmclean check folder, or a table of pair_id and "
+                "judge_verdict; see read_judgements): adds the paper's three test sets"})
+    test_noise: float = field(default=0.0, metadata={
+        "help": "share of the test labels to flip too, the unflipped ones serving as the independent labels: "
+                "the three test sets on any data"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rates", tuple(float(r) for r in self.rates))
@@ -105,23 +112,33 @@ class BenefitConfig:
             raise ValueError(f"test_noise must lie in [0, 0.5), got {self.test_noise}")
         if self.test_noise and self.judgements is not None:
             raise ValueError("give judgements (independent labels) or test_noise (planted test flips), not both")
-        if self.reward.mode != "heads":
-            raise ValueError("the benefit experiment trains reward heads on the scorer's features (reward.mode 'heads')")
+        if self.reward.model_type != "heads":
+            raise ValueError("the benefit experiment trains reward heads on the scorer's features "
+                             "(reward.model_type 'heads')")
+        if self.reward.features not in (FeatureConfig(), self.score.features):
+            raise ValueError("the benefit experiment's reward heads read the scorer's features: set them in score")
+        object.__setattr__(self, "reward", replace(self.reward, features=self.score.features))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "BenefitConfig":
-        """A config from plain values (a JSON file): ``score`` and ``reward`` are dicts of
-        :class:`ScoreConfig` / :class:`RewardTrainConfig` fields, ``denoisers`` maps names to
-        :class:`DenoiseConfig` fields. Unknown keys are errors."""
+        """A config from plain values (a JSON file): ``score`` and ``reward`` are records of
+        :class:`ScoreConfig` / :class:`RewardTrainConfig` settings (the feature settings,
+        ``backbone``, ``views``, ..., go in ``score``: the reward heads read the scorer's
+        features), ``denoisers`` maps names to :class:`DenoiseConfig` settings. Unknown keys are
+        errors."""
         values = dict(values)
         known = set(cls.__dataclass_fields__)
         if unknown := sorted(set(values) - known):
             raise ValueError(f"unknown keys {unknown} in the benefit config; known: {sorted(known)}")
-        score = ScoreConfig(**values.pop("score", {}))
-        reward = RewardTrainConfig(**{"views": score.views, "backbone": score.backbone, **values.pop("reward", {})})
+        score = from_record(ScoreConfig, values.pop("score", {}))
+        reward_values = values.pop("reward", {})
+        if misplaced := sorted(set(reward_values) & (set(FeatureConfig.__dataclass_fields__) - {"batch_size"})):
+            raise ValueError(f"reward settings {misplaced}: the reward heads read the scorer's features, so these "
+                             "go in score")
+        reward = from_record(RewardTrainConfig, reward_values, features=score.features)
         denoisers = values.pop("denoisers", None)
         if denoisers is not None:
-            denoisers = {name: DenoiseConfig(**options) for name, options in denoisers.items()}
+            denoisers = {name: from_record(DenoiseConfig, options) for name, options in denoisers.items()}
         return cls(score=score, reward=reward, **({"denoisers": denoisers} if denoisers is not None else {}), **values)
 
 
@@ -251,19 +268,6 @@ def split(sources: np.ndarray, seed: int, test_fraction: float = 0.3) -> tuple[n
     return np.flatnonzero(~test), np.flatnonzero(test)
 
 
-def plant(n_pairs: int, rate: float, seed: int, clean_strength: np.ndarray | None = None) -> np.ndarray:
-    """Boolean mask of the train pairs to flip: at random, or (with ``clean_strength``)
-    among the 2 × rate fraction with the smallest |strength|."""
-    rng = np.random.default_rng([seed, 13, int(round(rate * 1000))])
-    flipped = np.zeros(n_pairs, dtype=bool)
-    count = int(round(rate * n_pairs))
-    if count == 0:
-        return flipped
-    pool = np.arange(n_pairs) if clean_strength is None else np.argsort(np.abs(clean_strength))[: min(n_pairs, 2 * count)]
-    flipped[rng.choice(pool, size=count, replace=False)] = True
-    return flipped
-
-
 def train_and_test(train_views, test_views, train_groups: dict[str, np.ndarray], test_groups: dict[str, np.ndarray],
                    config: RewardTrainConfig, *, flip=None, weight=None, margin=None, soft_label=None,
                    independent: np.ndarray | None = None) -> dict[str, Any]:
@@ -295,15 +299,15 @@ def denoise_benefit(pairs, config: BenefitConfig = BenefitConfig(), *, cache_dir
     metrics (+ "found_flips": the share of selected pairs that were planted flips) or
     {"skipped": reason}}``; ``report`` is called with each record as it is done."""
     valid = benefit_pairs(pairs, config)
-    views = [pair_features(valid, config.score, view=view, cache_dir=cache_dir, progress=progress)[:2]
-             for view in config.score.views]
+    views = feature_views(valid, config.score.features, cache_dir=cache_dir, progress=progress)
     sources = np.array(valid["source"])
     verdicts = independent_verdicts(valid, config.judgements)
     records = []
     for seed in range(config.seeds):
         train, test = split(sources, seed, config.test_fraction)
         independent = None if verdicts is None else verdicts[test]
-        test_flipped = plant(test.size, config.test_noise, 1000 + seed)  # none without test_noise
+        test_flipped = plant_flips(test.size, config.test_noise,  # none without test_noise
+                                   [1000 + seed, 13, int(round(config.test_noise * 1000))])
         if config.test_noise:
             independent = np.where(test_flipped, "rejected", "chosen").astype(object)
         score_config = replace(config.score, seed=seed)
@@ -318,7 +322,8 @@ def denoise_benefit(pairs, config: BenefitConfig = BenefitConfig(), *, cache_dir
                                 independent=independent)
         for noise in config.noise:
             for rate in config.rates:
-                flipped = plant(train.size, rate, seed, clean_strength if noise == "targeted" else None)
+                flipped = plant_flips(train.size, rate, [seed, 13, int(round(rate * 1000))],
+                                      weakest=clean_strength if noise == "targeted" else None)
                 noisy = [swap_where(flipped, c, r) for c, r in train_views]
                 record: dict[str, Any] = {
                     "seed": seed, "noise": noise, "rate": rate, "oracle": oracle,
@@ -332,12 +337,13 @@ def denoise_benefit(pairs, config: BenefitConfig = BenefitConfig(), *, cache_dir
                     except DenoiseError as exc:  # a rule that selects no pair or every pair
                         record[name] = {"skipped": str(exc)}
                         continue
+                    reads_margin, reads_soft_label = LOSSES[denoiser.loss]
                     record[name] = train_and_test(
                         noisy, test_views, train_groups, test_groups,
-                        replace(reward_config, loss=LOSS_OF[denoiser.method]),
+                        replace(reward_config, loss=denoiser.loss),
                         flip=planned.flip, weight=np.where(planned.drop, 0.0, 1.0),
-                        margin=planned.margin if denoiser.uses_margin else None,
-                        soft_label=planned.soft_label if denoiser.method.startswith("soft-label") else None,
+                        margin=planned.margin if reads_margin else None,
+                        soft_label=planned.soft_label if reads_soft_label else None,
                         independent=independent)
                     record[name]["found_flips"] = (float(flipped[planned.selected].mean())
                                                    if planned.selected.any() else None)
@@ -426,13 +432,19 @@ def write_benefit(records: list[dict[str, Any]], config: BenefitConfig, folder: 
     from .files import write_results
 
     folder = Path(folder)
-    written = write_results(folder / stem, {"config": asdict(config), "records": records},
+    written = write_results(folder / stem, {"config": to_record(config), "records": records},
                             benefit_markdown(records, config, n_pairs))
     plots.save(plots.benefit_curves(records, config.rates, config.noise), folder / f"{stem}.png")
     written.append(folder / f"{stem}.png")
     return written
 
 
-__all__ = ["DEFAULT_DENOISERS", "LOSS_OF", "TESTSETS", "BenefitConfig", "benefit_markdown", "benefit_pairs",
-           "denoise_benefit", "independent_verdicts", "load_benefit_pairs", "plant", "read_config", "read_judgements", "score_gaps", "split",
-           "testset_metrics", "testsets_markdown", "train_and_test", "write_benefit"]
+def record_text(record: dict[str, Any]) -> str:
+    """One progress line of ``rmclean compare --stage rm``: a (seed, noise, rate) done."""
+    return (f"seed {record['seed']} {record['noise']} flips {record['rate']:.0%}: oracle "
+            f"{record['oracle']['accuracy']:.3f}, no denoising {record['none']['accuracy']:.3f}")
+
+
+__all__ = ["DEFAULT_DENOISERS", "TESTSETS", "BenefitConfig", "benefit_markdown", "benefit_pairs", "denoise_benefit",
+           "independent_verdicts", "load_benefit_pairs", "read_config", "read_judgements", "record_text", "score_gaps",
+           "split", "testset_metrics", "testsets_markdown", "train_and_test", "write_benefit"]

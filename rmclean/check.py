@@ -58,9 +58,10 @@ class CheckConfig:
     """Which pairs are judged and how agreement is binned: ``bin_size`` pairs per strength
     bin (paper: 500), ``sample`` pairs drawn at random (seeded) instead of all of them."""
 
-    bin_size: int = 500
-    sample: int | None = None
-    seed: int = 0
+    bin_size: int = field(default=500, metadata={"help": "pairs per strength bin (paper: 500)"})
+    sample: int | None = field(default=None, metadata={"help": "judge N pairs drawn at random instead of all",
+                                                        "metavar": "N"})
+    seed: int = field(default=0, metadata={"help": "pair order, --sample and local sampling"})
 
     def __post_init__(self) -> None:
         if self.bin_size < 1:
@@ -118,8 +119,8 @@ def build_requests(frame, judge: JudgeConfig, model: str) -> tuple[list, list]:
     return ab, ba
 
 
-def plan(pairs, scores: Scores, judge: JudgeConfig = JudgeConfig(), config: CheckConfig = CheckConfig(), *,
-         cache: str | os.PathLike | None = None, allow_missing: bool = False) -> dict[str, Any]:
+def estimate(pairs, scores: Scores, judge: JudgeConfig = JudgeConfig(), config: CheckConfig = CheckConfig(), *,
+             cache: str | os.PathLike | None = None, allow_missing: bool = False) -> dict[str, Any]:
     """What a check would need (a dry run: nothing is sent): requests, how many the cache
     already answers, estimated prompt tokens (4 characters a token) and completion tokens (at
     most ``max_tokens`` each; typical from the cached answers of this model when it has some),
@@ -407,5 +408,49 @@ def agreement_markdown(agreement: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def estimate_text(needs: dict[str, Any]) -> str:
+    """The human report of ``rmclean check --dry-run`` (``needs`` from :func:`estimate`)."""
+    def usd(value: float | None) -> str:
+        return "unknown (no price for this model: --price IN,OUT)" if value is None else f"${value:,.2f}"
+
+    lines = [
+        f"dry run: {needs['pairs']:,} pairs, {needs['requests']:,} requests (both orders) to {needs['model']}; "
+        f"{needs['cached']:,} answered by the cache, {needs['to_send']:,} to send",
+        f"  prompt tokens: about {needs['prompt_tokens']:,} (4 characters a token)",
+        f"  completion tokens: at most {needs['completion_tokens_at_most']:,} (--max-tokens each)"
+        + (f", typically about {needs['completion_tokens_typical']:,} (cached answers of this model)"
+           if needs["completion_tokens_typical"] is not None else ""),
+        f"  cost: at most {usd(needs['cost_usd_at_most'])}"
+        + (f", typically {usd(needs['cost_usd_typical'])}" if needs["completion_tokens_typical"] is not None else ""),
+        "  (replies without a verdict are asked once more with a reminder, on top of this)",
+    ]
+    if needs["would_stop_after"] is not None:
+        lines.append(f"  --max-requests {needs['max_requests']:,} would stop the run before it is done")
+    lines.append(f"  cache: {needs['cache']}")
+    return "\n".join(lines)
+
+
+def summary_text(summary: dict[str, Any], agreement: dict[str, Any]) -> str:
+    """The short human report of ``rmclean check``."""
+    verdicts = summary["verdicts"]
+    requests = summary["requests"]
+    cost = summary["cost_usd"]
+    lines = [
+        f"judged {summary['pairs']:,} pairs in both orders with {summary['judge']['model']}: "
+        + ", ".join(f"{name} {count:,}" for name, count in verdicts.items() if count)
+        + f" ({summary['order_inconsistent']:,} order-inconsistent, counted as ties)",
+        f"  requests sent {requests['sent']:,} ({requests['retries']:,} retries, {requests['reminders']:,} reminders), "
+        f"cache hits {requests['cache_hits']:,}, tokens {summary['tokens']['prompt']:,} in / "
+        f"{summary['tokens']['completion']:,} out, cost " + ("unknown" if cost is None else f"${cost:,.4f}"),
+        "",
+        agreement_markdown(agreement),
+    ]
+    if summary["errors"]:
+        lines += ["", "failed requests (asked again on the next run): " + "; ".join(summary["errors"][:3])]
+    if summary["continue"]:
+        lines += ["", "stopped: " + summary["continue"] if summary["budget"]["stopped"] else summary["continue"]]
+    return "\n".join(lines)
+
+
 __all__ = ["CheckConfig", "CheckResult", "TESTSETS", "agreement_bins", "build_requests", "check", "combine",
-           "plan", "select_pairs", "testsets", "write_check"]
+           "estimate", "estimate_text", "select_pairs", "summary_text", "testsets", "write_check"]

@@ -22,20 +22,49 @@ Selection rules (``select=``): ``fraction:F`` (the F lowest by strength_mean),
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .configs import to_record
+from .data.describe import clip_text
 from .score import Scores
 from .strength import aggregate
+from .train.losses import loss_reading
 
-METHODS = ("flip", "drop", "margin", "soft-label", "flip+margin", "soft-label+margin")
 ACTIONS = ("keep", "flip", "drop", "soften", "invalid")
+
+
+@dataclass(frozen=True)
+class Method:
+    """What a denoising method does: ``action`` (``flip``, ``drop`` or ``soften``) on the pairs
+    its rule selects, or ``None`` for a method that selects nothing; ``margin``: every pair
+    gets an adaptive margin. The reward-model loss that reads its columns follows."""
+
+    action: str | None
+    margin: bool = False
+
+    @property
+    def loss(self) -> str:
+        """The loss of :mod:`rmclean.train.losses` a reward model trains with on this method's output."""
+        return loss_reading(margin=self.margin, soft_label=self.action == "soften")
+
+
+#: Every denoising method (SPEC 2.3): adding one is adding a row here.
+METHODS: dict[str, Method] = {
+    "flip": Method("flip"),
+    "drop": Method("drop"),
+    "margin": Method(None, margin=True),
+    "soft-label": Method("soften"),
+    "flip+margin": Method("flip", margin=True),
+    "soft-label+margin": Method("soften", margin=True),
+}
 ALPHA_FROM_ENSEMBLE = {
     "members": "fraction of members that prefer the rejected response",
     "normal": "Phi(-strength_mean / strength_std)",
 }
+UNSCORED = "no score for this pair (allow_missing)"  # the reason of a pair without a score
 DEFAULT_SELECT = "fraction:0.1"  # the paper flips the lowest 10% (and tries 20%)
 
 
@@ -97,6 +126,16 @@ def select(strength_mean: np.ndarray, strength_std: np.ndarray, rule: str | Sele
     return (rank >= int(round(low * n_pairs))) & (rank < int(round(high * n_pairs)))
 
 
+def parse_alpha(text: str) -> float | str:
+    """``--alpha``: ``members``, ``normal`` or a number."""
+    if text in ALPHA_FROM_ENSEMBLE:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"--alpha takes a number in [0, 1), 'members' or 'normal', not {text!r}") from None
+
+
 @dataclass(frozen=True)
 class DenoiseConfig:
     """What to do to which pairs. ``select=None`` takes the method's default (``fraction:0.1``;
@@ -105,16 +144,20 @@ class DenoiseConfig:
     ``"normal"`` for a per-pair value from the ensemble (see ``ALPHA_FROM_ENSEMBLE``).
     Margins are ``clip(margin_scale * strength_mean, 0, margin_max)`` after any flip."""
 
-    method: str = "flip"
-    select: str | None = None
-    alpha: float | str = 0.1
-    margin_scale: float = 1.0
-    margin_max: float = 1.0
+    method: str = field(default="flip", metadata={"help": "denoising method", "choices": METHODS})
+    select: str | None = field(default=None, metadata={
+        "help": "fraction:F, negative, zscore:Z or ambiguous:LO,HI (default fraction:0.1; margin alone takes none)",
+        "metavar": "RULE"})
+    alpha: float | str = field(default=0.1, metadata={
+        "help": "soft-label smoothing: a constant in [0, 1), or 'members' / 'normal' for a per-pair value from the "
+                "ensemble", "metavar": "A", "parse": parse_alpha})
+    margin_scale: float = field(default=1.0, metadata={"help": "margin = clip(scale * strength_mean, 0, max)"})
+    margin_max: float = field(default=1.0, metadata={"help": "largest margin"})
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise DenoiseError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
-        if self.method == "margin" and self.select is not None:
+        if METHODS[self.method].action is None and self.select is not None:
             raise DenoiseError("the margin method gives every pair a margin and takes no selection rule; "
                                "use flip+margin or soft-label+margin to act on selected pairs")
         if self.rule is not None:
@@ -133,13 +176,18 @@ class DenoiseConfig:
     @property
     def rule(self) -> str | None:
         """The selection rule in force (``None`` for ``margin`` alone)."""
-        if self.method == "margin":
+        if METHODS[self.method].action is None:
             return None
         return self.select if self.select is not None else DEFAULT_SELECT
 
     @property
     def uses_margin(self) -> bool:
-        return self.method.endswith("margin")
+        return METHODS[self.method].margin
+
+    @property
+    def loss(self) -> str:
+        """The reward-model loss that reads this method's columns."""
+        return METHODS[self.method].loss
 
 
 def soft_labels(member_margins: np.ndarray, alpha: float | str) -> np.ndarray:
@@ -196,9 +244,8 @@ def plan(member_margins: np.ndarray, config: DenoiseConfig) -> Plan:
             raise DenoiseError(f"the rule {config.rule} selects no pair of the {n_pairs} scored; choose a looser rule")
         if selected.all():
             raise DenoiseError(f"the rule {config.rule} selects all {n_pairs} scored pairs; choose a stricter rule")
-    flip = selected & config.method.startswith("flip")
-    drop = selected & (config.method == "drop")
-    soften = selected & config.method.startswith("soft-label")
+    action = METHODS[config.method].action
+    flip, drop, soften = (selected & (action == name) for name in ("flip", "drop", "soften"))
     oriented = np.where(flip, -strength_mean, strength_mean)
     margin = (np.clip(config.margin_scale * oriented, 0.0, config.margin_max) if config.uses_margin
               else np.zeros(n_pairs))
@@ -281,7 +328,7 @@ def apply_actions(pairs, scores: Scores, config: DenoiseConfig, allow_missing: b
         if errors[index] is not None:
             action.append("invalid"), reason.append(errors[index])
         elif not scored[index]:
-            action.append("invalid"), reason.append("no score for this pair (allow_missing)")
+            action.append("invalid"), reason.append(UNSCORED)
         else:
             name, why = _action(config, bool(drop[index]), bool(flip[index]), bool(soften[index]),
                                 strength_mean=float(mean_before[index]), margin=float(margin[index]),
@@ -345,7 +392,7 @@ def denoise_summary(result, config: DenoiseConfig, scores: Scores | None = None)
     summary: dict[str, Any] = {
         "method": config.method,
         "select": config.rule,
-        "config": asdict(config),
+        "config": to_record(config),
         "rows": int(len(actions)),
         "counts": counts,
         "selected": int(np.sum(result["selected"])),
@@ -354,7 +401,7 @@ def denoise_summary(result, config: DenoiseConfig, scores: Scores | None = None)
     if config.uses_margin:
         margins = np.array([np.nan if v is None else v for v in result["margin"]], dtype=np.float64)
         summary["margin"] = {**stats(margins), "positive": int(np.sum(margins > 0))}
-    if config.method.startswith("soft-label"):
+    if METHODS[config.method].action == "soften":
         soft = np.array([np.nan if v is None else v for v in result["soft_label"]], dtype=np.float64)
         summary["soft_label_of_softened"] = stats(soft[actions == "soften"])
     if scores is not None:
@@ -362,5 +409,36 @@ def denoise_summary(result, config: DenoiseConfig, scores: Scores | None = None)
     return summary
 
 
-__all__ = ["ACTIONS", "METHODS", "DenoiseConfig", "DenoiseError", "Plan", "Selection", "apply_actions", "denoise",
-           "denoise_summary", "match_scores", "parse_selection", "plan", "select", "soft_labels", "z_scores"]
+def summary_text(result, summary: dict[str, Any], config: DenoiseConfig, examples: int = 0) -> str:
+    """The short human report of ``rmclean denoise``: counts per action, unscored pairs, and
+    the ``examples`` changed pairs of lowest strength."""
+    counts = ", ".join(f"{name} {count:,}" for name, count in summary["counts"].items())
+    lines = [f"{config.method} ({config.rule or 'every pair'}) on {summary['rows']:,} rows: {counts}"]
+    unmatched = sum(reason == UNSCORED for reason in result["reason"])
+    if unmatched:
+        lines.append(f"{unmatched:,} pair(s) had no score and were written as invalid (--allow-missing)")
+    if examples > 0:
+        lines.append(examples_text(result, examples))
+    return "\n".join(lines)
+
+
+def examples_text(result, count: int) -> str:
+    """The ``count`` changed pairs of lowest original strength, with their texts cut short."""
+    changed = [i for i, action in enumerate(result["action"]) if action in ("flip", "drop", "soften")]
+    original = {i: result[i]["strength_mean"] * (-1 if result[i]["action"] == "flip" else 1) for i in changed}
+    lines = []
+    for number, index in enumerate(sorted(changed, key=original.get)[:count], 1):
+        row = result[index]
+        lines.append(f"[{number}] {row['action']} {row['source']} row {row['row']}  id {row['pair_id']}  "
+                     f"strength_mean {original[index]:.3f} (std {row['strength_std']:.3f})")
+        was_chosen, was_rejected = ((row["rejected"], row["chosen"]) if row["action"] == "flip"
+                                    else (row["chosen"], row["rejected"]))
+        lines.append(f"    prompt:          {clip_text(row['prompt'], tail=True)}")
+        lines.append(f"    labelled better: {clip_text(was_chosen)}")
+        lines.append(f"    labelled worse:  {clip_text(was_rejected)}")
+    return "\n".join(lines)
+
+
+__all__ = ["ACTIONS", "METHODS", "DenoiseConfig", "DenoiseError", "Method", "Plan", "Selection", "apply_actions", "denoise",
+           "denoise_summary", "examples_text", "match_scores", "parse_alpha", "parse_selection", "plan", "select",
+           "soft_labels", "summary_text", "z_scores"]

@@ -10,36 +10,28 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .features.backbones import PRECISIONS, embed_texts, model_folder, resolve_backbone, resolve_precision
-from .members.heads import HeadConfig, member_margins
+from .configs import to_record
+from .data.pairs import load_recorded, split_invalid
+from .features.backbones import model_folder, resolve_backbone, resolve_precision
+from .features.views import FeatureConfig, feature_views, scoring_texts, split_view
 from .files import atomic_path, write_text
 from .members.finetune import FinetuneConfig, finetune_margins
-from .data.formats import HH_ASSISTANT
-from .data.pairs import load_pairs, split_invalid
+from .members.heads import HeadConfig, member_margins
+from .members.reward_models import load_reward_model, pair_deltas
 from .strength import aggregate, scale_members, summarize
 
 POOLED_GROUP = "(pooled small sources)"
-
-#: Feature views a backbone can give of a response (each view trains its own members):
-#: ``transcript``: the dialogue ending in the response (left-truncated);
-#: ``response``: the response alone;
-#: ``response+prompt``: the response embedding and its elementwise product with the prompt's.
-#: A views entry may name its own backbone, ``"smollm2:transcript"``, so one ensemble can hold
-#: members over several backbones (their members share one scale, see ``scale_members``).
-VIEWS = ("transcript", "response", "response+prompt")
+MEMBER_TYPES = ("heads", "finetune")
 
 
-def split_view(entry: str, default_backbone: str) -> tuple[str, str]:
-    """``(backbone, view)`` of a views entry: ``"response"`` uses ``default_backbone``,
-    ``"smollm2:transcript"`` names its own (the view follows the last colon)."""
-    backbone, _, view = entry.rpartition(":")
-    return (backbone or default_backbone), view
+def _group_by(text: str) -> str | None:
+    return None if text.lower() == "none" else text
 
 
 @dataclass(frozen=True)
@@ -47,50 +39,47 @@ class ScoreConfig:
     """Everything that decides the numbers. Defaults follow the paper where it has one
     (M = 10 members) and our CPU measurements elsewhere (README, "Scoring")."""
 
-    backbone: str = "minilm"
-    max_length: int = 256
-    precision: str = "auto"
-    members: int = 10
-    folds: int = 5
-    member_type: str = "heads"
-    head: str = "linear"
-    C: float = 0.0003
-    bootstrap: bool = True
-    group_by: str | None = "source"
-    min_group_size: int = 200
-    seed: int = 0
-    batch_size: int = 32
-    reward_models: tuple[str, ...] = ()
-    views: tuple[str, ...] = ("transcript", "response+prompt")
-    finetune_epochs: int = 1
-    finetune_learning_rate: float = 1e-5
-    finetune_batch_size: int = 8
-    finetune_max_steps: int | None = None
+    features: FeatureConfig = field(default=FeatureConfig(), metadata={"flatten": True})
+    members: int = field(default=10, metadata={"help": "ensemble members per fold (paper: 10)"})
+    folds: int = field(default=5, metadata={"help": "cross-fitting folds; 1 = in-sample as in the paper"})
+    member_type: str = field(default="heads", metadata={
+        "help": "heads on cached frozen features (CPU default) or full fine-tunes (GPU path)", "choices": MEMBER_TYPES})
+    head: str = field(default="linear", metadata={"help": "linear (L2 logistic regression) or mlp (one hidden layer)",
+                                                  "choices": ("linear", "mlp")})
+    C: float = field(default=0.0003, metadata={"help": "inverse L2 strength of linear heads", "flag": "--C"})
+    bootstrap: bool = field(default=True, metadata={
+        "help": "train every member on all its fold's pairs instead of a bootstrap resample"})
+    group_by: str | None = field(default="source", metadata={
+        "help": "column whose values get their own members ('none': one pool)", "parse": _group_by})
+    min_group_size: int = field(default=200, metadata={"help": "groups smaller than this are pooled together"})
+    seed: int = field(default=0, metadata={"help": "members, folds and resamples"})
+    reward_models: tuple[str, ...] = field(default=(), metadata={
+        "help": "a trained reward model as an extra member (repeatable); --members 0 uses only these",
+        "flag": "--reward-model", "action": "append", "metavar": "ID_OR_PATH"})
+    finetune_epochs: int = field(default=1, metadata={"help": "epochs of each fine-tuned member"})
+    finetune_learning_rate: float = field(default=1e-5, metadata={"help": "learning rate of fine-tuned members",
+                                                                  "flag": "--finetune-lr"})
+    finetune_batch_size: int = field(default=8, metadata={"help": "pairs per step of fine-tuned members"})
+    finetune_max_steps: int | None = field(default=None, metadata={"help": "at most N steps per fine-tuned member",
+                                                                   "metavar": "N"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reward_models", tuple(self.reward_models))
-        object.__setattr__(self, "views", tuple(self.views))
-        unknown = [view for view in self.views if split_view(view, self.backbone)[1] not in VIEWS]
-        if unknown or not self.views:
-            raise ValueError(f"views must be a non-empty selection of {', '.join(VIEWS)}, each optionally "
-                             f"BACKBONE:VIEW, got {self.views}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.members < 0 or self.members + len(self.reward_models) < 2:
             raise ValueError(
                 f"members must be at least 2 (the strength std needs two), got {self.members} seeded members"
                 + (f" and {len(self.reward_models)} reward model(s)" if self.reward_models else "")
             )
-        if self.member_type not in ("heads", "finetune"):
+        if self.member_type not in MEMBER_TYPES:
             raise ValueError(f"member_type must be 'heads' or 'finetune', got {self.member_type!r}")
         if self.members:
             self.head_config()  # validates folds, head and C
 
-    def finetune_config(self) -> "FinetuneConfig":
+    def finetune_config(self) -> FinetuneConfig:
         return FinetuneConfig(
             members=self.members, folds=self.folds, epochs=self.finetune_epochs,
             learning_rate=self.finetune_learning_rate, batch_size=self.finetune_batch_size,
-            max_length=self.max_length, max_steps=self.finetune_max_steps, bootstrap=False, seed=self.seed,
+            max_length=self.features.max_length, max_steps=self.finetune_max_steps, bootstrap=False, seed=self.seed,
         )
 
     def head_config(self) -> HeadConfig:
@@ -104,7 +93,7 @@ class ScoreConfig:
         fine-tuned members alone); otherwise each member is divided by its std over pairs."""
         if self.reward_models:
             return False
-        return self.member_type == "finetune" or len(self.views) == 1
+        return self.member_type == "finetune" or len(self.features.views) == 1
 
     @property
     def mode(self) -> str:
@@ -176,14 +165,6 @@ class Scores:
         return cls(list(frame["pair_id"]), margins.astype(np.float64), mode, metadata)
 
 
-def scoring_text(prompt: str, response: str) -> str:
-    """The text a backbone reads for one response: the dialogue with the response at its
-    end (hh-style turns for plain instructions), so left truncation keeps the response."""
-    if not prompt or HH_ASSISTANT in prompt or "<|" in prompt:
-        return prompt + response
-    return f"\n\nHuman: {prompt}{HH_ASSISTANT} {response}"
-
-
 def score(pairs, config: ScoreConfig = ScoreConfig(), *, cache_dir: str | os.PathLike | None = None,
           progress: bool = True) -> Scores:
     """Score every valid pair of ``pairs`` (a dataset from :func:`rmclean.load_pairs`).
@@ -198,13 +179,13 @@ def score(pairs, config: ScoreConfig = ScoreConfig(), *, cache_dir: str | os.Pat
         raise ValueError("no valid pairs to score" + (f" ({len(invalid)} invalid rows)" if len(invalid) else ""))
     n_pairs = len(valid)
     groups = training_groups(valid, config)
-    backbone = resolve_backbone(config.backbone)
+    features = config.features
+    backbone = resolve_backbone(features.backbone)
     columns: list[np.ndarray] = []
     collapsed = None
     if config.members and config.member_type == "heads":
         started = time.perf_counter()
-        views = [pair_features(valid, config, view=view, cache_dir=cache_dir, progress=progress)[:2]
-                 for view in config.views]
+        views = feature_views(valid, features, cache_dir=cache_dir, progress=progress)
         timings["features_s"] = time.perf_counter() - started
         started = time.perf_counter()
         columns.append(view_margins(views, groups, config.head_config(), progress=progress))
@@ -222,8 +203,8 @@ def score(pairs, config: ScoreConfig = ScoreConfig(), *, cache_dir: str | os.Pat
         timings["finetune_s"] = time.perf_counter() - started
     if config.reward_models:
         started = time.perf_counter()
-        columns += [reward_model_pair_margins(name, valid, config.max_length, cache_dir=cache_dir,
-                                              progress=progress)[:, None]
+        columns += [pair_deltas(load_reward_model(name, max_length=features.max_length), valid,
+                                cache_dir=cache_dir, progress=progress)[:, None]
                     for name in config.reward_models]
         timings["reward_models_s"] = time.perf_counter() - started
     margins = np.hstack(columns)
@@ -232,16 +213,16 @@ def score(pairs, config: ScoreConfig = ScoreConfig(), *, cache_dir: str | os.Pat
 
     identical = np.array(["identical_responses" in flags for flags in valid["flags"]])
     metadata = {
-        "config": asdict(config),
+        "config": to_record(config),
         "mode": config.mode,
         "members": {"seeded": config.members, "member_type": config.member_type,
-                    "views": list(config.views) if config.member_type == "heads" and config.members else [],
+                    "views": list(features.views) if config.member_type == "heads" and config.members else [],
                     "reward_models": list(config.reward_models),
                     "scale": "raw reward" if config.raw_scale else "per-member std"},
         "backbone": _describe_backbone(backbone),
-        "precision": resolve_precision(config.precision),
-        "view_backbones": {view: _describe_backbone(resolve_backbone(split_view(view, config.backbone)[0]))
-                           for view in (config.views if config.member_type == "heads" and config.members else ())},
+        "precision": resolve_precision(features.precision),
+        "view_backbones": {view: _describe_backbone(resolve_backbone(split_view(view, features.backbone)[0]))
+                           for view in (features.views if config.member_type == "heads" and config.members else ())},
         "versions": _versions(),
         "pairs": int(len(pairs)),
         "scored": n_pairs,
@@ -253,62 +234,6 @@ def score(pairs, config: ScoreConfig = ScoreConfig(), *, cache_dir: str | os.Pat
         "summary": summarize(margins, list(valid["source"])),
     }
     return Scores(list(valid["pair_id"]), margins, config.mode, metadata)
-
-
-def reward_model_pair_margins(name: str, valid, max_length: int, *, cache_dir=None, progress: bool = False) -> np.ndarray:
-    """r(chosen) − r(rejected), ``(n_pairs,)``, of one reward model: a folder saved by
-    ``rmclean train-rm`` (a head on backbone features), or any HF sequence-classification
-    reward model reading the dialogue text."""
-    from .members.reward_models import reward_model_margins
-    from .train.reward import HeadRewardModel, is_head_reward_model, pair_deltas
-
-    if is_head_reward_model(name):
-        return pair_deltas(HeadRewardModel.load(Path(name).expanduser()), valid, cache_dir=cache_dir,
-                           progress=progress)
-    chosen_texts, rejected_texts = scoring_texts(valid)
-    return reward_model_margins(name, chosen_texts, rejected_texts, max_length, progress=progress)
-
-
-def scoring_texts(valid) -> tuple[list[str], list[str]]:
-    """The texts reward models read for each pair: ``(chosen_texts, rejected_texts)``."""
-    prompts = valid["prompt"]
-    return (
-        [scoring_text(p, r) for p, r in zip(prompts, valid["chosen"])],
-        [scoring_text(p, r) for p, r in zip(prompts, valid["rejected"])],
-    )
-
-
-def pair_features(valid, config: ScoreConfig, *, view: str = "transcript",
-                  cache_dir: str | os.PathLike | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray, Any]:
-    """``(chosen_features, rejected_features, backbone)`` of valid pairs in one of
-    :data:`VIEWS` (optionally ``BACKBONE:VIEW``, else of ``config.backbone``), each
-    ``(n_pairs, dim)``, through the embedding cache."""
-    n_pairs = len(valid)
-    prompts = list(valid["prompt"])
-    features, backbone = response_features(prompts + prompts, list(valid["chosen"]) + list(valid["rejected"]),
-                                           config, view=view, cache_dir=cache_dir, progress=progress)
-    return features[:n_pairs], features[n_pairs:], backbone
-
-
-def response_features(prompts: list[str], responses: list[str], config: ScoreConfig, *, view: str = "transcript",
-                      cache_dir: str | os.PathLike | None = None, progress: bool = True) -> tuple[np.ndarray, Any]:
-    """``(features, backbone)``: one row per (prompt, response) in a view of :data:`VIEWS`
-    (optionally ``BACKBONE:VIEW``), shape ``(n_responses, dim)``, through the embedding cache."""
-    backbone_name, view = split_view(view, config.backbone)
-    backbone = resolve_backbone(backbone_name)
-
-    def embed(texts: list[str]) -> np.ndarray:
-        return embed_texts(backbone, texts, max_length=config.max_length, batch_size=config.batch_size,
-                           cache_dir=Path(cache_dir) if cache_dir else None, progress=progress,
-                           precision=config.precision)
-
-    if view == "transcript":
-        features = embed([scoring_text(p, r) for p, r in zip(prompts, responses)])
-    else:
-        features = embed(list(responses))
-    if view == "response+prompt":
-        features = np.hstack([features, embed(list(prompts)) * features])
-    return features, backbone
 
 
 def view_margins(views: list[tuple[np.ndarray, np.ndarray]], groups: dict[str, np.ndarray],
@@ -399,15 +324,14 @@ def load_scored(folder: str | os.PathLike, source: str | None = None):
         raise ValueError(f"{folder} holds no scores.parquet: pass a folder written by `rmclean score`")
     scores = Scores.load(folder)
     if source is not None:
-        return load_pairs(source), scores, {"source": source}
+        return load_recorded({"source": source}), scores, {"source": source}
     summary_file = folder / "summary.json"
     if not summary_file.is_file():
         raise ValueError(f"{folder} has no summary.json, so the source of its pairs is unknown: pass --source SOURCE")
     recorded = json.loads(summary_file.read_text(encoding="utf-8")).get("source")
     if not recorded:
         raise ValueError(f"{summary_file} does not record the source it scored: pass --source SOURCE")
-    loading = dict(recorded)
-    return load_pairs(loading.pop("source"), **loading), scores, recorded
+    return load_recorded(recorded), scores, recorded
 
 
 def write_report(scores: Scores, folder: str | os.PathLike, source: dict[str, Any] | None = None) -> dict[str, Path]:
@@ -431,3 +355,31 @@ def write_report(scores: Scores, folder: str | os.PathLike, source: dict[str, An
         written[name] = folder / "plots" / f"{name}.png"
         plots.save(figure, written[name])
     return written
+
+
+def summary_text(metadata: dict[str, Any], written: dict[str, Path]) -> str:
+    """The short human report of ``rmclean score``."""
+    summary = metadata["summary"]
+    config = metadata["config"]
+    members = f"{config['members']} {config['head'] if config['member_type'] == 'heads' else 'fine-tuned'} members per fold"
+    if config["reward_models"]:
+        members += f" + {len(config['reward_models'])} reward model(s)"
+    lines = [
+        f"scored {metadata['scored']:,} pairs ({metadata['invalid']:,} invalid rows not scored) with "
+        f"{members}, {metadata['mode']}, backbone {metadata['backbone']['name']}",
+        f"  ensemble accuracy vs dataset labels: {summary['ensemble_accuracy']:.3f} "
+        f"(members {min(summary['member_accuracy']):.3f}-{max(summary['member_accuracy']):.3f})",
+        f"  pairs with strength_mean < 0: {summary['fraction_negative']:.1%}",
+    ]
+    if metadata["collapsed_pairs"] is not None:
+        lines.append(
+            f"  pairs whose two inputs are identical after truncation: {metadata['collapsed_pairs']:,} "
+            f"({metadata['collapsed_beyond_identical_responses']:,} beyond identical responses)"
+        )
+    for name, entry in summary.get("by_source", {}).items():
+        lines.append(f"  {name}: {entry['pairs']:,} pairs, accuracy {entry['ensemble_accuracy']:.3f}, "
+                     f"below 0 {entry['fraction_negative']:.1%}")
+    timings = metadata["timings"]
+    lines.append("  time: " + ", ".join(f"{name.removesuffix('_s')} {seconds:.1f}s" for name, seconds in timings.items()))
+    lines.append("wrote " + ", ".join(str(path) for path in written.values()))
+    return "\n".join(lines)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import rmclean
-from rmclean.audit import DETECTORS, AuditConfig, audit, audit_features, detection_metrics, plant_flips
+from rmclean.audit import DETECTORS, AuditConfig, audit, audit_features, detection_metrics
 from rmclean.cli import main
+from rmclean.noise import plant_flips
 from rmclean.score import ScoreConfig
 
 
@@ -18,6 +19,13 @@ def test_plant_flips_is_exact_and_seeded():
     assert mask.sum() == 200
     np.testing.assert_array_equal(mask, plant_flips(1000, 0.2, seed=3))
     assert not np.array_equal(mask, plant_flips(1000, 0.2, seed=4))
+    assert plant_flips(200, 0.0, seed=0).sum() == 0
+
+
+def test_targeted_flips_hit_the_weakest_pairs():
+    strength = np.linspace(-3, 3, 200)
+    flipped = plant_flips(200, 0.1, seed=0, weakest=strength)
+    assert flipped.sum() == 20 and np.abs(strength[flipped]).max() <= np.sort(np.abs(strength))[39]
 
 
 def test_detection_metrics_on_known_rankings():

@@ -10,18 +10,14 @@ import pytest
 
 import rmclean
 from rmclean.cli import main
-from rmclean.benefit import BenefitConfig, benefit_markdown, denoise_benefit, plant, read_config, split
+from rmclean.benefit import BenefitConfig, benefit_markdown, denoise_benefit, read_config, split
 
 
-def test_split_is_stratified_and_planting_is_targeted():
+def test_split_is_stratified():
     sources = np.array(["a"] * 100 + ["b"] * 50)
     train, test = split(sources, seed=0, test_fraction=0.3)
     assert np.sum(sources[test] == "a") == 30 and np.sum(sources[test] == "b") == 15
     assert set(train) | set(test) == set(range(150)) and not set(train) & set(test)
-    strength = np.linspace(-3, 3, 200)
-    flipped = plant(200, 0.1, seed=0, clean_strength=strength)
-    assert flipped.sum() == 20 and np.abs(strength[flipped]).max() <= np.sort(np.abs(strength))[39]
-    assert plant(200, 0.0, seed=0).sum() == 0
 
 
 def test_bad_configs_are_clear_errors(tmp_path):
@@ -35,6 +31,12 @@ def test_bad_configs_are_clear_errors(tmp_path):
         read_config(path)
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
+        read_config(path)
+    path.write_text(json.dumps({"score": {"views": ["transcript"]}, "reward": {"views": ["response"]}}))
+    with pytest.raises(ValueError, match=r"reward settings \['views'\]: the reward heads read the scorer's features"):
+        read_config(path)
+    path.write_text(json.dumps({"score": {"members": 3, "colour": "red"}}))
+    with pytest.raises(ValueError, match=r"unknown ScoreConfig setting\(s\) \['colour'\]"):
         read_config(path)
 
 
@@ -65,6 +67,8 @@ def test_benefit_on_real_pairs_and_the_compare_command(real_data_env, tmp_path, 
     assert code == 0, capsys.readouterr().err
     written = json.loads((tmp_path / "out" / "denoise_benefit.json").read_text())
     assert written["config"]["seeds"] == 1 and len(written["records"]) == 2
+    # one feature config: the reward heads read the scorer's views, and the record says so
+    assert written["config"]["score"]["views"] == written["config"]["reward"]["views"] == ["transcript"]
     assert written["records"][1]["none"]["accuracy"] == pytest.approx(noisy["none"]["accuracy"])  # seeded
     assert (tmp_path / "out" / "denoise_benefit.png").stat().st_size > 1000
 

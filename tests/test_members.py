@@ -8,9 +8,10 @@ import pytest
 
 import rmclean
 from rmclean.features.backbones import BackboneError
-from rmclean.members.finetune import FinetuneConfig, train_reward_model
-from rmclean.members.reward_models import reward_model_margins
-from rmclean.score import ScoreConfig, score, scoring_texts
+from rmclean.features.views import FeatureConfig, scoring_texts
+from rmclean.members.finetune import FinetuneConfig, finetune_reward_model
+from rmclean.members.reward_models import load_reward_model, pair_deltas
+from rmclean.score import ScoreConfig, score
 from rmclean.strength import scale_members
 
 
@@ -22,11 +23,12 @@ def pairs():
     return rmclean.load_pairs(rows)
 
 
-FAST = dict(finetune_learning_rate=3e-3, finetune_epochs=6, max_length=32, group_by=None)
+FAST = dict(finetune_learning_rate=3e-3, finetune_epochs=6, group_by=None)
 
 
 def test_finetuned_members_learn_and_score_held_out_pairs(tiny_backbone, pairs):
-    scores = score(pairs, ScoreConfig(backbone=tiny_backbone, member_type="finetune", members=2, folds=2, **FAST),
+    scores = score(pairs, ScoreConfig(features=FeatureConfig(backbone=tiny_backbone, max_length=32),
+                                      member_type="finetune", members=2, folds=2, **FAST),
                    progress=False)
     assert scores.member_margins.shape == (48, 2)
     assert (scores.member_margins > 0).mean() > 0.9  # each pair scored by members that never saw it
@@ -38,8 +40,8 @@ def test_finetuned_members_learn_and_score_held_out_pairs(tiny_backbone, pairs):
 @pytest.fixture(scope="module")
 def trained_reward_model(tiny_backbone, pairs, tmp_path_factory):
     chosen, rejected = scoring_texts(pairs)
-    tokenizer, model = train_reward_model(tiny_backbone, chosen, rejected,
-                                          FinetuneConfig(epochs=6, learning_rate=3e-3, max_length=32))
+    tokenizer, model = finetune_reward_model(tiny_backbone, chosen, rejected,
+                                             FinetuneConfig(epochs=6, learning_rate=3e-3, max_length=32))
     folder = tmp_path_factory.mktemp("reward-model")
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -47,18 +49,18 @@ def trained_reward_model(tiny_backbone, pairs, tmp_path_factory):
 
 
 def test_reward_models_alone_and_mixed_with_seeded_members(trained_reward_model, pairs, tmp_path):
-    chosen, rejected = scoring_texts(pairs)
-    margins = reward_model_margins(trained_reward_model, chosen, rejected, max_length=32)
+    margins = pair_deltas(load_reward_model(trained_reward_model, max_length=32), pairs)
     assert (margins > 0).mean() > 0.9
-    alone = score(pairs, ScoreConfig(members=0, reward_models=(trained_reward_model, trained_reward_model),
-                                     max_length=32), progress=False)
+    alone = score(pairs, ScoreConfig(features=FeatureConfig(max_length=32), members=0,
+                                     reward_models=(trained_reward_model, trained_reward_model)), progress=False)
     # members of different models are put on one scale (each divided by its std over pairs)
     unit = scale_members(margins[:, None])[:, 0]
     np.testing.assert_allclose(alone.member_margins, np.stack([unit, unit], axis=1), rtol=1e-5)
     assert np.isfinite(alone.member_margins).all()
     assert alone.metadata["members"]["scale"] == "per-member std"
-    mixed = score(pairs, ScoreConfig(members=2, folds=2, reward_models=(trained_reward_model,), max_length=32,
-                                     group_by=None), cache_dir=tmp_path, progress=False)
+    mixed = score(pairs, ScoreConfig(features=FeatureConfig(max_length=32), members=2, folds=2,
+                                     reward_models=(trained_reward_model,), group_by=None),
+                  cache_dir=tmp_path, progress=False)
     assert mixed.member_margins.shape == (48, 5)  # 2 members x 2 default views + 1 reward model
     np.testing.assert_allclose(mixed.member_margins[:, 4], unit, rtol=1e-5)
 
@@ -74,7 +76,7 @@ def test_a_classifier_with_two_labels_is_not_a_reward_model(tiny_backbone, tmp_p
     AutoModelForSequenceClassification.from_pretrained(tiny_backbone, num_labels=2).save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(tiny_backbone).save_pretrained(tmp_path)
     with pytest.raises(BackboneError, match="has 2 output labels"):
-        reward_model_margins(str(tmp_path), ["a"], ["b"])
+        load_reward_model(tmp_path).reward(["q"], ["a"])
 
 
 def test_cli_reward_model_option(trained_reward_model, tmp_path, capsys):

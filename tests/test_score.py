@@ -14,9 +14,10 @@ from rmclean.features import backbones
 from rmclean.features.backbones import BackboneError, FeatureCache, embed_texts, resolve_backbone
 from rmclean.cli import main
 from rmclean.members.heads import HeadConfig, member_margins
-from rmclean.score import ScoreConfig, Scores, score, scoring_text
+from rmclean.features.views import FeatureConfig, feature_views, scoring_text
+from rmclean.score import ScoreConfig, Scores, score
 
-SMALL = ScoreConfig(members=3, folds=3, views=("transcript",))  # one view: raw reward scale
+SMALL = ScoreConfig(features=FeatureConfig(views=("transcript",)), members=3, folds=3)  # one view: raw reward scale
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +194,7 @@ def test_same_seed_same_numbers_and_cached_rerun_does_no_backbone_work(harmless_
     monkeypatch.setattr(backbones, "load_model", no_model)
     again = score(harmless_120, SMALL, cache_dir=cache_dir, progress=False)
     np.testing.assert_array_equal(first.member_margins, again.member_margins)
-    other_config = ScoreConfig(members=5, folds=1, head="mlp", views=("transcript",))
+    other_config = ScoreConfig(features=FeatureConfig(views=("transcript",)), members=5, folds=1, head="mlp")
     other = score(harmless_120, other_config, cache_dir=cache_dir, progress=False)
     assert other.member_margins.shape == (120, 5) and other.mode == "in-sample"
 
@@ -283,19 +284,16 @@ def test_dataset_smaller_than_the_fold_count_is_a_clear_error(cache_dir):
 
 
 def test_feature_views(harmless_120, cache_dir):
-    from rmclean.score import pair_features
-
-    config = ScoreConfig(members=2, folds=2)
-    transcript, _, _ = pair_features(harmless_120, config, view="transcript", cache_dir=cache_dir, progress=False)
-    response, _, _ = pair_features(harmless_120, config, view="response", cache_dir=cache_dir, progress=False)
-    joint, _, _ = pair_features(harmless_120, config, view="response+prompt", cache_dir=cache_dir, progress=False)
+    features = FeatureConfig(views=("transcript", "response", "response+prompt"))
+    (transcript, _), (response, _), (joint, _) = feature_views(harmless_120, features, cache_dir=cache_dir,
+                                                               progress=False)
     assert transcript.shape == response.shape == (120, 384) and joint.shape == (120, 768)
     np.testing.assert_array_equal(joint[:, :384], response)
     assert not np.allclose(transcript, response)
 
 
 def test_several_views_train_their_own_members_on_one_scale(harmless_120, cache_dir):
-    config = ScoreConfig(members=3, folds=3, views=("transcript", "response+prompt"))
+    config = ScoreConfig(features=FeatureConfig(views=("transcript", "response+prompt")), members=3, folds=3)
     scores = score(harmless_120, config, cache_dir=cache_dir, progress=False)
     assert scores.member_margins.shape == (120, 6)
     np.testing.assert_allclose(scores.member_margins.std(axis=0), 1.0, rtol=1e-6)
@@ -308,7 +306,7 @@ def test_several_views_train_their_own_members_on_one_scale(harmless_120, cache_
 
 
 def test_views_can_name_their_backbone(harmless_120, cache_dir, tiny_backbone):
-    config = ScoreConfig(members=2, folds=2, views=("transcript", f"{tiny_backbone}:response"))
+    config = ScoreConfig(features=FeatureConfig(views=("transcript", f"{tiny_backbone}:response")), members=2, folds=2)
     scores = score(harmless_120, config, cache_dir=cache_dir, progress=False)
     assert scores.member_margins.shape == (120, 4)
     backbones = scores.metadata["view_backbones"]
@@ -316,7 +314,7 @@ def test_views_can_name_their_backbone(harmless_120, cache_dir, tiny_backbone):
     assert backbones[f"{tiny_backbone}:response"]["path"] == tiny_backbone
     assert scores.metadata["precision"] in ("float32", "bfloat16")
     with pytest.raises(ValueError, match="optionally BACKBONE:VIEW"):
-        ScoreConfig(views=("minilm:tokens",))
+        FeatureConfig(views=("minilm:tokens",))
 
 
 def test_precision_has_its_own_cache_and_close_features(tmp_path, tiny_backbone):
@@ -330,7 +328,7 @@ def test_precision_has_its_own_cache_and_close_features(tmp_path, tiny_backbone)
     assert cosine.min() > 0.99
     assert backbones.resolve_precision("auto") in ("float32", "bfloat16")
     with pytest.raises(ValueError, match="precision must be one of auto, float32, bfloat16"):
-        ScoreConfig(precision="half")
+        FeatureConfig(precision="half")
     # a cache written before precision was recorded holds float32 features and is reused
     meta = FeatureCache(backbone, 32, tmp_path, "float32").folder / "meta.json"
     meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "precision"}))
@@ -339,7 +337,7 @@ def test_precision_has_its_own_cache_and_close_features(tmp_path, tiny_backbone)
 
 def test_unknown_view_is_an_error():
     with pytest.raises(ValueError, match="views must be a non-empty selection of transcript, response"):
-        ScoreConfig(views=("tokens",))
+        FeatureConfig(views=("tokens",))
 
 
 def test_scale_members_puts_members_on_one_scale_without_blowing_up():

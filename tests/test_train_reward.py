@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rmclean.train.reward import HeadRewardModel, RewardTrainConfig, preference_metrics, train_head
+from dataclasses import replace
+
+from rmclean.features.views import FeatureConfig
+from rmclean.members.reward_models import HeadRewardModel
+from rmclean.train.reward import RewardTrainConfig, preference_metrics, train_head
+
+TRANSCRIPT = FeatureConfig(views=("transcript",))
 
 
 def _features(n_pairs=400, dim=12, seed=0):
@@ -18,14 +24,14 @@ def _features(n_pairs=400, dim=12, seed=0):
     return chosen, rejected
 
 
-FAST = RewardTrainConfig(epochs=15, learning_rate=3e-2, weight_decay=0.0, batch_size=64, views=("transcript",))
+FAST = RewardTrainConfig(features=TRANSCRIPT, epochs=15, learning_rate=3e-2, weight_decay=0.0, batch_size=64)
 
 
 @pytest.mark.parametrize("head", ["linear", "mlp"])
 def test_heads_learn_a_known_reward_and_report_curves(head):
     chosen, rejected = _features()
     test_chosen, test_rejected = _features(seed=1)
-    model, curves = train_head(chosen, rejected, FAST.__class__(**{**FAST.__dict__, "head": head}),
+    model, curves = train_head(chosen, rejected, replace(FAST, head=head),
                                evals={"test": (test_chosen, test_rejected)}, eval_every=5)
     assert curves["epochs"] == [5, 10, 15]
     final = curves["eval"]["test"][-1]
@@ -36,11 +42,11 @@ def test_heads_learn_a_known_reward_and_report_curves(head):
 def test_margins_soft_labels_and_weights_change_training():
     chosen, rejected = _features()
     plain, _ = train_head(chosen, rejected, FAST)
-    margin_config = RewardTrainConfig(**{**FAST.__dict__, "loss": "margin"})
+    margin_config = replace(FAST, loss="margin")
     wide, _ = train_head(chosen, rejected, margin_config, margin=np.full(400, 3.0))
     gap = lambda m: (m.reward_of_features(chosen) - m.reward_of_features(rejected)).mean()  # noqa: E731
     assert gap(wide) > gap(plain)  # a margin asks for larger reward gaps
-    soft_config = RewardTrainConfig(**{**FAST.__dict__, "loss": "soft-label"})
+    soft_config = replace(FAST, loss="soft-label")
     unsure, _ = train_head(chosen, rejected, soft_config, soft_label=np.full(400, 0.6))
     assert 0 < gap(unsure) < gap(plain)  # soft targets of 0.6 pull the gap towards logit(0.6)
     # weight 0 removes pairs: training only on reversed pairs learns the reverse
@@ -67,7 +73,8 @@ def test_save_and_load_give_the_same_rewards(tmp_path):
     HeadRewardModel.load(model.save(tmp_path / "rm"))
     loaded = HeadRewardModel.load(tmp_path / "rm")
     np.testing.assert_allclose(loaded.reward_of_features(chosen), model.reward_of_features(chosen), rtol=1e-6)
-    assert loaded.config == model.config and loaded.metadata == {"trained_on": "synthetic"}
+    assert loaded.features == model.features == TRANSCRIPT and loaded.training == model.training
+    assert loaded.metadata == {"trained_on": "synthetic"}
     with pytest.raises(FileNotFoundError, match="not a reward model saved by rmclean train-rm"):
         HeadRewardModel.load(tmp_path)
 
@@ -95,7 +102,7 @@ def test_train_on_real_pairs_save_and_score_with_it(harmless, tmp_path):
     from rmclean.train.reward import train_reward_model
 
     train, test = harmless.select(range(120)), harmless.select(range(120, 160))
-    config = RewardTrainConfig(epochs=10, views=("transcript",))
+    config = RewardTrainConfig(features=TRANSCRIPT, epochs=10)
     model, metrics = train_reward_model(train, config, evals={"held-out": test}, eval_every=5,
                                         cache_dir=tmp_path / "cache", progress=False)
     assert set(metrics["eval"]) == {"held-out"} and metrics["eval"]["held-out"]["pairs"] == 40
@@ -116,26 +123,27 @@ def test_train_on_real_pairs_save_and_score_with_it(harmless, tmp_path):
             for p, c, r, a in zip(train["prompt"], train["chosen"], train["rejected"], ["keep"] * 100 + ["drop"] * 20)]
     exported = rmclean.load_pairs(rows, allow_empty=True)  # hh has an empty final turn or two
     _, margin_metrics = train_reward_model(exported, RewardTrainConfig(loss="soft-label+margin", epochs=2,
-                                                                       views=("transcript",)),
+                                                                       features=TRANSCRIPT),
                                            cache_dir=tmp_path / "cache", progress=False)
     assert margin_metrics["train"]["pairs"] == 100
 
 
 def test_finetune_mode_with_a_margin_loss_saves_a_model_with_the_reward_api(tiny_backbone, tmp_path):
     import rmclean
-    from rmclean.train.reward import FinetunedRewardModel, load_reward_model, save_reward_model, train_reward_model
+    from rmclean.members.reward_models import HFRewardModel
+    from rmclean.train.reward import load_reward_model, train_reward_model
 
     rows = [{"prompt": f"question {i}", "chosen": f"a good and helpful answer {i}",
              "rejected": f"a bad and rude answer {i}", "margin": 0.5} for i in range(40)]
     pairs = rmclean.load_pairs(rows)
-    config = RewardTrainConfig(mode="finetune", loss="margin", backbone=tiny_backbone, epochs=6, learning_rate=3e-3,
-                               batch_size=8, max_length=32)
+    config = RewardTrainConfig(model_type="finetune", loss="margin", features=FeatureConfig(backbone=tiny_backbone,
+                               max_length=32), epochs=6, learning_rate=3e-3, batch_size=8)
     model, metrics = train_reward_model(pairs.select(range(32)), config, evals={"held-out": pairs.select(range(32, 40))},
                                         progress=False)
     assert metrics["eval"]["held-out"]["accuracy"] == 1.0 and metrics["eval"]["held-out"]["mean_margin"] > 0
-    folder = save_reward_model(model, tmp_path / "model")
+    folder = model.save(tmp_path / "model")
     loaded = load_reward_model(folder)
-    assert isinstance(loaded, FinetunedRewardModel) and loaded.max_length == 32
+    assert isinstance(loaded, HFRewardModel) and loaded.max_length == 32
     good, bad = loaded.reward(["question 99"] * 2, ["a good and helpful answer 99", "a bad and rude answer 99"])
     assert good > bad
     with pytest.raises(FileNotFoundError, match="not a reward model saved by rmclean train-rm"):

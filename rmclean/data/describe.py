@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections import Counter
 from typing import Any
 
@@ -68,3 +69,46 @@ def _percentiles(values: np.ndarray) -> dict[str, float]:
     result["max"] = float(values.max())
     result["mean"] = float(values.mean())
     return result
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+    """The human-readable report of ``rmclean data inspect``."""
+    lines = [
+        f"{summary['source']}: {summary['pairs']:,} pairs ({summary['valid']:,} valid, "
+        f"{summary['invalid']:,} invalid) from {len(summary['sources'])} source(s)",
+        "",
+    ]
+    width = max([len(name) for name in summary["sources"]] + [6])
+    lines.append(f"{'source':<{width}}  {'pairs':>7}  flags")
+    for name, entry in summary["sources"].items():
+        flags = ", ".join(f"{flag} {count:,}" for flag, count in entry["flags"].items()) or "-"
+        lines.append(f"{name:<{width}}  {entry['pairs']:>7,}  {flags}")
+    lines += ["", "flags (pairs carrying each; flagged pairs are kept, not dropped)"]
+    lines += [f"  {flag:<22} {count:>7,}" for flag, count in summary["flags"].items()] or ["  none"]
+    for unit in ("characters", "words"):
+        lines += ["", f"length in {unit:<11}" + "".join(f"{p:>9}" for p in ("p5", "p25", "p50", "p75", "p95", "max"))]
+        for field in TEXT_FIELDS:
+            stats = summary["lengths"][field][unit]
+            cells = "".join(f"{stats[p]:>9,.0f}" for p in ("p5", "p25", "p50", "p75", "p95", "max")) if stats else ""
+            lines.append(f"  {field:<20}{cells}")
+    if summary["examples"]:
+        lines += ["", "examples"]
+        for number, example in enumerate(summary["examples"], 1):
+            flags = ", ".join(example["flags"]) or "-"
+            lines.append(f"  [{number}] {example['source']} row {example['row']}  id {example['pair_id']}  flags: {flags}")
+            lines.append(f"      prompt:   {clip_text(example['prompt'], tail=True)}")
+            lines.append(f"      chosen:   {clip_text(example['chosen'])}")
+            lines.append(f"      rejected: {clip_text(example['rejected'])}")
+    if summary["errors"]:
+        lines += ["", f"rejected rows (first {len(summary['errors'])} of {summary['invalid']:,})"]
+        lines += [f"  {textwrap.shorten(error, 200)}" for error in summary["errors"]]
+    return "\n".join(lines)
+
+
+def clip_text(text: str, width: int = 160, tail: bool = False) -> str:
+    """``text`` on one line as a quoted repr, cut to ``width`` characters (keeping the end with
+    ``tail``)."""
+    flat = " ".join(text.split())
+    if len(flat) <= width:
+        return repr(flat)
+    return repr("…" + flat[-width:]) if tail else repr(flat[:width] + "…")

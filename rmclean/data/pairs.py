@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from .formats import FLAG_DUPLICATE, FLAG_INVALID, KeyMap, RowError, convert_row, pair_id
 from .readers import ReadError, Record, iter_rows, read_file, suffix_of
-from .sources import NAMED_SOURCES, SourceNotFoundError, named_source, resolve
+from .sources import DATA_DIR_ENV, NAMED_SOURCES, SourceNotFoundError, named_source, resolve
 
 CANONICAL_COLUMNS = ("pair_id", "prompt", "chosen", "rejected", "source", "row", "flags", "error", "input_format")
 
@@ -145,6 +145,23 @@ def split_invalid(pairs):
     valid = [i for i, error in enumerate(errors) if error is None]
     invalid = [i for i, error in enumerate(errors) if error is not None]
     return pairs.select(valid), pairs.select(invalid)
+
+
+def recorded_source(source: str, loading: dict[str, Any]) -> dict[str, Any]:
+    """The ``load_pairs`` call that reproduces the pairs, as a record (``summary.json``'s
+    ``source``): local paths made absolute, and the data folder a named source was found in
+    through ``$RMCLEAN_DATA_DIR`` written down, so the record works from any folder and shell."""
+    def absolute(value: Any) -> Any:
+        return str(Path(value).resolve()) if value is not None and Path(value).exists() else value
+
+    data_dir = loading.get("data_dir") or (os.environ.get(DATA_DIR_ENV) if source in NAMED_SOURCES else None)
+    return {"source": absolute(source), **loading, "data_dir": absolute(data_dir)}
+
+
+def load_recorded(record: dict[str, Any]):
+    """The pairs of a :func:`recorded_source` record: ``load_pairs(**record)``."""
+    loading = dict(record)
+    return load_pairs(loading.pop("source"), **loading)
 
 
 # --- where rows come from -------------------------------------------------------------
@@ -376,4 +393,4 @@ def _extra_array(values: list[Any]) -> pa.Array:
         )
 
 
-__all__ = ["CANONICAL_COLUMNS", "PairFormatError", "load_pairs", "split_invalid"]
+__all__ = ["CANONICAL_COLUMNS", "PairFormatError", "load_pairs", "load_recorded", "recorded_source", "split_invalid"]

@@ -114,7 +114,7 @@ def _encode_pairs(tokenizer, chosen_texts, rejected_texts, index, config: Finetu
     return encode(chosen_texts), encode(rejected_texts)
 
 
-def train_reward_model(model_folder: str, chosen_texts: list[str], rejected_texts: list[str],
+def finetune_reward_model(model_folder: str, chosen_texts: list[str], rejected_texts: list[str],
                        config: FinetuneConfig = FinetuneConfig(), progress: bool = False, *, loss: str = "bt",
                        margin: np.ndarray | None = None, soft_label: np.ndarray | None = None):
     """Fine-tune one reward model on all pairs with ``loss`` (see :mod:`rmclean.train.losses`;

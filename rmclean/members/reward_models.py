@@ -1,18 +1,203 @@
-"""Trained reward models as ensemble members: margins r(chosen) − r(rejected) of any Hugging
-Face sequence-classification reward model (one output logit), or of an rmclean-trained one
-saved the same way."""
+"""Trained reward models, loaded for scoring: ``reward(prompts, responses)`` -> ``(n,)``.
+
+Two kinds, one interface (what ``rmclean score --reward-model``, the trainer's evaluation and
+the RL trainers call):
+
+- :class:`HeadRewardModel`: a head on standardized frozen features of feature views (what
+  ``rmclean train-rm`` trains by default), saved as ``reward_model.json`` + ``head.pt``;
+- :class:`HFRewardModel`: any Hugging Face sequence-classification model with one output
+  (a folder written by ``rmclean train-rm --mode finetune``, any reward model folder or Hub id),
+  reading each response after its dialogue, left-truncated.
+
+:func:`load_reward_model` tells them apart; :func:`pair_deltas` gives r(chosen) − r(rejected).
+"""
 
 from __future__ import annotations
 
+import functools
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..features.backbones import BackboneError
+from ..features.views import FeatureConfig, response_features, scoring_text
+from ..files import atomic_path, write_text
+
+MODEL_FILE = "reward_model.json"
+FINETUNED_FILE = "rmclean_reward.json"  # settings next to a fine-tuned HF reward model
+WEIGHTS_FILE = "head.pt"
+FORMAT_VERSION = 1
+HEAD_FORMAT = "rmclean-head-reward-model"
+#: The trainer's settings a head model's record keeps that decide its features (the
+#: embedding batch size does not change them).
+FEATURE_KEYS = ("backbone", "views", "max_length", "precision")
 
 
-def load_reward_model(name_or_path: str):
-    """``(tokenizer, model)`` of a reward model in eval mode, left truncation, pad token set."""
+def _as_lists(prompts: list[str] | str, responses: list[str] | str) -> tuple[list[str], list[str]]:
+    if isinstance(prompts, str) and isinstance(responses, str):
+        prompts, responses = [prompts], [responses]
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    return list(prompts), list(responses)
+
+
+@dataclass
+class HeadRewardModel:
+    """A reward head over frozen features: ``reward(prompts, responses)`` -> ``(n,)`` rewards
+    (logit scale: σ(r_a − r_b) is the modelled probability that a beats b). ``training`` is
+    the trainer's settings as a flat record (saved as ``config``; its ``head``, ``hidden`` and
+    ``seed`` rebuild the module on load)."""
+
+    features: FeatureConfig
+    feature_mean: np.ndarray
+    feature_scale: np.ndarray
+    module: Any  # torch.nn.Module mapping standardized features (n, dim) -> (n,)
+    training: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def feature_matrix(self, prompts: list[str], responses: list[str], *, cache_dir=None,
+                       progress: bool = False) -> np.ndarray:
+        """Raw (unstandardized) features of each (prompt, response), ``(n, dim)``."""
+        return np.hstack([response_features(list(prompts), list(responses), self.features, view=view,
+                                            cache_dir=cache_dir, progress=progress)
+                          for view in self.features.views])
+
+    def reward_of_features(self, features: np.ndarray) -> np.ndarray:
+        import torch
+
+        standardized = (features - self.feature_mean) / self.feature_scale
+        with torch.inference_mode():
+            return self.module(torch.as_tensor(standardized, dtype=torch.float32)).double().numpy()
+
+    def reward(self, prompts: list[str] | str, responses: list[str] | str, *, cache_dir=None,
+               progress: bool = False) -> np.ndarray:
+        """Reward of each response to its prompt, shape ``(n,)`` (a single pair of strings
+        gives shape ``(1,)``)."""
+        prompts, responses = _as_lists(prompts, responses)
+        return self.reward_of_features(self.feature_matrix(prompts, responses, cache_dir=cache_dir, progress=progress))
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        import torch
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / WEIGHTS_FILE) as partial:
+            torch.save(self.module.state_dict(), partial)
+        description = {
+            "format": HEAD_FORMAT, "version": FORMAT_VERSION, "config": self.training,
+            "feature_mean": self.feature_mean.tolist(), "feature_scale": self.feature_scale.tolist(),
+            "metadata": self.metadata,
+        }
+        write_text(folder / MODEL_FILE, json.dumps(description) + "\n")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "HeadRewardModel":
+        import torch
+
+        folder = Path(folder)
+        if not (folder / MODEL_FILE).is_file():
+            raise FileNotFoundError(f"{folder} holds no {MODEL_FILE}: not a reward model saved by rmclean train-rm")
+        description = json.loads((folder / MODEL_FILE).read_text())
+        if description.get("format") != HEAD_FORMAT or description.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{folder / MODEL_FILE} is not a version-{FORMAT_VERSION} rmclean reward model")
+        training = description["config"]
+        features = FeatureConfig(**{key: training[key] for key in FEATURE_KEYS if key in training})
+        mean = np.asarray(description["feature_mean"])
+        module = build_head(training.get("head", "linear"), mean.size, hidden=training.get("hidden", 128),
+                            seed=training.get("seed", 0))
+        module.load_state_dict(torch.load(folder / WEIGHTS_FILE, weights_only=True))
+        module.eval()
+        return cls(features, mean, np.asarray(description["feature_scale"]), module, training,
+                   description.get("metadata", {}))
+
+
+def build_head(head: str, dim: int, *, hidden: int = 128, seed: int = 0):
+    """A reward head: standardized features ``(n, dim)`` -> rewards ``(n,)``; ``head`` is
+    ``linear`` or ``mlp`` (one hidden layer of ``hidden`` units), initialised from ``seed``."""
+    import torch
+
+    torch.manual_seed(seed)
+    if head == "linear":
+        layers = torch.nn.Linear(dim, 1)
+    else:
+        layers = torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, 1))
+    return torch.nn.Sequential(layers, torch.nn.Flatten(0))
+
+
+@dataclass
+class HFRewardModel:
+    """A Hugging Face sequence-classification reward model (a folder or a Hub id, one output):
+    ``reward(prompts, responses)`` -> ``(n,)``, reading each response after its dialogue,
+    left-truncated to ``max_length`` tokens, in batches of ``batch_size`` similar lengths."""
+
+    folder: str
+    max_length: int = 256
+    batch_size: int = 16
+
+    def reward(self, prompts: list[str] | str, responses: list[str] | str, *, progress: bool = False, **_) -> np.ndarray:
+        prompts, responses = _as_lists(prompts, responses)
+        tokenizer, model = self._loaded
+        texts = [scoring_text(p, r) for p, r in zip(prompts, responses)]
+        return rewards(tokenizer, model, texts, self.max_length, self.batch_size, progress)
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Copy the model folder to ``folder`` (replacing what is there); the model reads from it."""
+        folder = Path(folder)
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(self.folder, partial)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(partial, folder)
+        self.folder = str(folder)
+        return folder
+
+    @functools.cached_property
+    def _loaded(self):
+        """``(tokenizer, model)``, read from ``folder`` once."""
+        return load_sequence_classifier(self.folder)
+
+
+def load_reward_model(name_or_path: str | os.PathLike, *, max_length: int | None = None
+                      ) -> HeadRewardModel | HFRewardModel:
+    """A trained reward model ready for ``reward(prompts, responses)``: a folder saved by
+    ``rmclean train-rm`` (either mode), any HF reward model folder, or a Hub id (loaded at its
+    first use). ``max_length`` sets an HF model's token limit (default: what a fine-tuned
+    folder records, else 256)."""
+    path = Path(name_or_path).expanduser()
+    if is_head_reward_model(path):
+        return HeadRewardModel.load(path)
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} holds neither {MODEL_FILE} nor a Hugging Face config.json: "
+                                "not a reward model saved by rmclean train-rm")
+    settings = path / FINETUNED_FILE
+    recorded = json.loads(settings.read_text())["max_length"] if settings.is_file() else 256
+    return HFRewardModel(str(path) if path.exists() else str(name_or_path), max_length=max_length or recorded)
+
+
+def is_head_reward_model(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder saved by :meth:`HeadRewardModel.save`."""
+    return (Path(path).expanduser() / MODEL_FILE).is_file()
+
+
+def pair_deltas(model: HeadRewardModel | HFRewardModel, pairs, *, cache_dir=None,
+                progress: bool = False) -> np.ndarray:
+    """r(chosen) − r(rejected) of a trained reward model on ``pairs``, shape ``(n_pairs,)``,
+    in one reward pass over both responses."""
+    prompts = list(pairs["prompt"])
+    scored = model.reward(prompts + prompts, list(pairs["chosen"]) + list(pairs["rejected"]),
+                          cache_dir=cache_dir, progress=progress)
+    return scored[: len(prompts)] - scored[len(prompts):]
+
+
+def load_sequence_classifier(name_or_path: str):
+    """``(tokenizer, model)`` of a one-output sequence classifier in eval mode, left
+    truncation, pad token set."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     source = str(Path(name_or_path).expanduser()) if Path(name_or_path).expanduser().exists() else name_or_path
@@ -58,9 +243,5 @@ def rewards(tokenizer, model, texts: list[str], max_length: int, batch_size: int
     return result
 
 
-def reward_model_margins(name_or_path: str, chosen_texts: list[str], rejected_texts: list[str],
-                         max_length: int = 512, batch_size: int = 16, progress: bool = False) -> np.ndarray:
-    """r(chosen) − r(rejected) of one reward model, shape ``(n_pairs,)``."""
-    tokenizer, model = load_reward_model(name_or_path)
-    scored = rewards(tokenizer, model, list(chosen_texts) + list(rejected_texts), max_length, batch_size, progress)
-    return scored[: len(chosen_texts)] - scored[len(chosen_texts):]
+__all__ = ["HFRewardModel", "HeadRewardModel", "build_head", "is_head_reward_model", "load_reward_model",
+           "load_sequence_classifier", "pair_deltas", "prepare", "rewards"]

@@ -1,1 +1,2 @@
-"""The bundled trainers: reward-model losses (``losses``)."""
+"""The bundled trainers: the reward-model trainer (``reward``) and the per-pair losses every
+trainer reads (``losses``)."""

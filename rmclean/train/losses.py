@@ -18,7 +18,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("bt", "margin", "soft-label", "soft-label+margin")
+#: Every loss by the per-pair columns it reads: ``(margin, soft_label)``.
+LOSSES: dict[str, tuple[bool, bool]] = {
+    "bt": (False, False),
+    "margin": (True, False),
+    "soft-label": (False, True),
+    "soft-label+margin": (True, True),
+}
+
+
+def loss_reading(*, margin: bool, soft_label: bool) -> str:
+    """The loss that reads a ``margin`` and/or a ``soft_label`` per pair (``bt`` for neither)."""
+    return next(name for name, reads in LOSSES.items() if reads == (margin, soft_label))
 
 
 def bradley_terry(delta: torch.Tensor) -> torch.Tensor:
@@ -49,15 +60,15 @@ def preference_loss(delta: torch.Tensor, loss: str = "bt", margin: torch.Tensor 
     ``soft_label`` where it needs them; a missing column it needs is an error."""
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}: use one of {', '.join(LOSSES)}")
-    if "margin" in loss and margin is None:
+    reads_margin, reads_soft_label = LOSSES[loss]
+    if reads_margin and margin is None:
         raise ValueError(f"the {loss} loss needs a margin per pair (the 'margin' column of rmclean denoise)")
-    if loss.startswith("soft-label") and soft_label is None:
+    if reads_soft_label and soft_label is None:
         raise ValueError(f"the {loss} loss needs a soft label per pair (the 'soft_label' column of rmclean denoise)")
-    if loss == "bt":
-        return bradley_terry(delta)
-    if loss == "margin":
-        return margin_loss(delta, margin)
-    return soft_label_loss(delta, soft_label, margin if loss == "soft-label+margin" else None)
+    if reads_soft_label:
+        return soft_label_loss(delta, soft_label, margin if reads_margin else None)
+    return margin_loss(delta, margin) if reads_margin else bradley_terry(delta)
 
 
-__all__ = ["LOSSES", "bradley_terry", "label_smoothing", "margin_loss", "preference_loss", "soft_label_loss"]
+__all__ = ["LOSSES", "bradley_terry", "label_smoothing", "loss_reading", "margin_loss", "preference_loss",
+           "soft_label_loss"]

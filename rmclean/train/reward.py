@@ -1,216 +1,68 @@
-"""The bundled reward-model trainer: one reward head on cached frozen-backbone features,
-trained with any loss of :mod:`rmclean.train.losses` (the CPU path).
+"""The bundled reward-model trainer: one reward model trained with any loss of
+:mod:`rmclean.train.losses`, evaluated on named test sets.
 
-A :class:`HeadRewardModel` scores a response given its prompt, ``reward(prompts,
-responses)``, from the same feature views the scorer uses (``transcript``,
-``response+prompt``, ...), standardized, through a linear or one-hidden-layer MLP head.
-It saves to a folder (``reward_model.json`` + ``head.pt``) that :meth:`HeadRewardModel.load`,
-``rmclean score --reward-model DIR`` and the PPO trainer read back.
+``model_type="heads"`` (the CPU path) trains a linear or one-hidden-layer MLP head on
+standardized frozen features of the scorer's feature views (:class:`~rmclean.features.views.FeatureConfig`);
+``model_type="finetune"`` (the GPU path) the whole backbone with a one-logit head, through
+``accelerate``. Either comes back as a reward model of :mod:`rmclean.members.reward_models`
+(``reward(prompts, responses)``, ``save(folder)``), which ``rmclean score --reward-model DIR``
+and the PPO trainer read back with :func:`load_reward_model`.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..files import atomic_path, write_text
-from ..score import ScoreConfig, response_features
+from ..configs import to_record
+from ..data.pairs import split_invalid
+from ..features.views import FeatureConfig, feature_views
+from ..files import write_text
+from ..members.reward_models import FINETUNED_FILE, HeadRewardModel, HFRewardModel, build_head, load_reward_model, pair_deltas
 from .losses import LOSSES, preference_loss
 
-MODEL_FILE = "reward_model.json"
-FINETUNED_FILE = "rmclean_reward.json"  # settings next to a fine-tuned HF reward model
-WEIGHTS_FILE = "head.pt"
-FORMAT_VERSION = 1
+MODEL_TYPES = ("heads", "finetune")
 
 
 @dataclass(frozen=True)
 class RewardTrainConfig:
-    """How to train one reward model. ``mode="heads"`` (default, CPU): a head on frozen
-    features of ``views`` (the scorer's feature views, each may name its backbone,
-    ``"smollm2:transcript"``), concatenated and standardized; ``weight_decay`` is AdamW's L2
-    pull, playing the role of the scorer's strong regularisation (defaults measured on hh-rlhf:
-README, "Training reward models"). ``mode="finetune"`` (GPU):
-    the whole ``backbone`` with a one-logit head, through ``accelerate``, for ``epochs`` with
-    ``learning_rate`` and ``batch_size`` (``head``, ``hidden``, ``views`` and
-    ``weight_decay`` do not apply)."""
+    """How to train one reward model. Head defaults measured on hh-rlhf (README, "Training
+    reward models"); ``weight_decay`` is AdamW's L2 pull, playing the role of the scorer's
+    strong regularisation. With ``model_type="finetune"``, ``head``, ``hidden``, ``views`` and
+    ``weight_decay`` do not apply."""
 
-    loss: str = "bt"
-    mode: str = "heads"
-    backbone: str = "minilm"
-    views: tuple[str, ...] = ("transcript", "response+prompt")
-    head: str = "linear"
-    hidden: int = 128
-    epochs: int = 10
-    learning_rate: float = 1e-3
-    weight_decay: float = 10.0
-    batch_size: int = 256
-    max_length: int = 256
-    precision: str = "auto"
-    seed: int = 0
+    loss: str = field(default="bt", metadata={"help": "reward-model loss: bt (Bradley-Terry), or one that reads the "
+                                                      "margin and/or soft_label columns of rmclean denoise",
+                                              "choices": LOSSES})
+    model_type: str = field(default="heads", metadata={
+        "help": "heads: a head on cached frozen features (CPU); finetune: the whole backbone (GPU)",
+        "choices": MODEL_TYPES, "flag": "--mode", "record": "mode"})
+    features: FeatureConfig = field(default=FeatureConfig(), metadata={"flatten": True})
+    head: str = field(default="linear", metadata={"help": "linear, or mlp (one hidden layer)",
+                                                  "choices": ("linear", "mlp")})
+    hidden: int = field(default=128, metadata={"help": "hidden units of an mlp head"})
+    epochs: int = field(default=10, metadata={"help": "passes over the training pairs"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate", "flag": "--lr"})
+    weight_decay: float = field(default=10.0, metadata={"help": "AdamW weight decay of a head"})
+    batch_size: int = field(default=256, metadata={"help": "training pairs per step"})
+    seed: int = field(default=0, metadata={"help": "initialisation and data order"})
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "views", tuple(self.views))
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}: use one of {', '.join(LOSSES)}")
-        if self.mode not in ("heads", "finetune"):
-            raise ValueError(f"mode must be 'heads' (frozen features, the CPU path) or 'finetune', got {self.mode!r}")
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type must be 'heads' (frozen features, the CPU path) or 'finetune', "
+                             f"got {self.model_type!r}")
         if self.head not in ("linear", "mlp"):
             raise ValueError(f"head must be 'linear' or 'mlp', got {self.head!r}")
         for name in ("epochs", "batch_size", "hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        self.score_config()  # validates views, backbone names and precision
-
-    def score_config(self) -> ScoreConfig:
-        """The feature settings, as the scorer reads them."""
-        return ScoreConfig(backbone=self.backbone, views=self.views, max_length=self.max_length,
-                           precision=self.precision)
-
-
-@dataclass
-class HeadRewardModel:
-    """A reward head over frozen features: ``reward(prompts, responses)`` -> ``(n,)`` rewards
-    (logit scale: σ(r_a − r_b) is the modelled probability that a beats b)."""
-
-    config: RewardTrainConfig
-    feature_mean: np.ndarray
-    feature_scale: np.ndarray
-    module: Any  # torch.nn.Module mapping standardized features (n, dim) -> (n,)
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def features(self, prompts: list[str], responses: list[str], *, cache_dir=None, progress: bool = False) -> np.ndarray:
-        """Raw (unstandardized) features of each (prompt, response), ``(n, dim)``."""
-        return np.hstack([
-            response_features(list(prompts), list(responses), self.config.score_config(), view=view,
-                              cache_dir=cache_dir, progress=progress)[0]
-            for view in self.config.views
-        ])
-
-    def reward_of_features(self, features: np.ndarray) -> np.ndarray:
-        import torch
-
-        standardized = (features - self.feature_mean) / self.feature_scale
-        with torch.inference_mode():
-            return self.module(torch.as_tensor(standardized, dtype=torch.float32)).double().numpy()
-
-    def reward(self, prompts: list[str] | str, responses: list[str] | str, *, cache_dir=None,
-               progress: bool = False) -> np.ndarray:
-        """Reward of each response to its prompt, shape ``(n,)`` (a single pair of strings
-        gives shape ``(1,)``)."""
-        if isinstance(prompts, str) and isinstance(responses, str):
-            prompts, responses = [prompts], [responses]
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        return self.reward_of_features(self.features(prompts, responses, cache_dir=cache_dir, progress=progress))
-
-    def save(self, folder: str | os.PathLike) -> Path:
-        import torch
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / WEIGHTS_FILE) as partial:
-            torch.save(self.module.state_dict(), partial)
-        description = {
-            "format": "rmclean-head-reward-model", "version": FORMAT_VERSION, "config": asdict(self.config),
-            "feature_mean": self.feature_mean.tolist(), "feature_scale": self.feature_scale.tolist(),
-            "metadata": self.metadata,
-        }
-        write_text(folder / MODEL_FILE, json.dumps(description) + "\n")
-        return folder
-
-    @classmethod
-    def load(cls, folder: str | os.PathLike) -> "HeadRewardModel":
-        import torch
-
-        folder = Path(folder)
-        if not (folder / MODEL_FILE).is_file():
-            raise FileNotFoundError(f"{folder} holds no {MODEL_FILE}: not a reward model saved by rmclean train-rm")
-        description = json.loads((folder / MODEL_FILE).read_text())
-        if description.get("format") != "rmclean-head-reward-model" or description.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{folder / MODEL_FILE} is not a version-{FORMAT_VERSION} rmclean reward model")
-        config = RewardTrainConfig(**description["config"])
-        mean = np.asarray(description["feature_mean"])
-        module = build_head(config, mean.size)
-        module.load_state_dict(torch.load(folder / WEIGHTS_FILE, weights_only=True))
-        module.eval()
-        return cls(config, mean, np.asarray(description["feature_scale"]), module, description.get("metadata", {}))
-
-
-@dataclass
-class FinetunedRewardModel:
-    """A fine-tuned sequence-classification reward model (an HF folder): ``reward(prompts,
-    responses)`` -> ``(n,)``, reading each response after its dialogue, left-truncated."""
-
-    folder: str
-    max_length: int = 256
-    batch_size: int = 16
-
-    def reward(self, prompts: list[str] | str, responses: list[str] | str, *, progress: bool = False, **_) -> np.ndarray:
-        from ..members.reward_models import rewards
-        from ..score import scoring_text
-
-        if isinstance(prompts, str) and isinstance(responses, str):
-            prompts, responses = [prompts], [responses]
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        tokenizer, model = self._loaded
-        texts = [scoring_text(p, r) for p, r in zip(prompts, responses)]
-        return rewards(tokenizer, model, texts, self.max_length, self.batch_size, progress)
-
-    @functools.cached_property
-    def _loaded(self):
-        """``(tokenizer, model)``, read from ``folder`` once."""
-        from ..members.reward_models import load_reward_model
-
-        return load_reward_model(self.folder)
-
-
-def pair_deltas(model: "HeadRewardModel | FinetunedRewardModel", pairs, *, cache_dir=None,
-                progress: bool = False) -> np.ndarray:
-    """r(chosen) − r(rejected) of a trained reward model on ``pairs``, shape ``(n_pairs,)``,
-    in one reward pass over both responses."""
-    prompts = list(pairs["prompt"])
-    rewards = model.reward(prompts + prompts, list(pairs["chosen"]) + list(pairs["rejected"]),
-                           cache_dir=cache_dir, progress=progress)
-    return rewards[: len(prompts)] - rewards[len(prompts):]
-
-
-def load_reward_model(folder: str | os.PathLike) -> "HeadRewardModel | FinetunedRewardModel":
-    """A reward model saved by ``rmclean train-rm`` (either mode), ready for ``reward(prompts,
-    responses)``."""
-    folder = Path(folder).expanduser()
-    if is_head_reward_model(folder):
-        return HeadRewardModel.load(folder)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} holds neither {MODEL_FILE} nor a Hugging Face config.json: "
-                                "not a reward model saved by rmclean train-rm")
-    settings = folder / FINETUNED_FILE
-    max_length = json.loads(settings.read_text())["max_length"] if settings.is_file() else 256
-    return FinetunedRewardModel(str(folder), max_length=max_length)
-
-
-def is_head_reward_model(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a folder saved by :meth:`HeadRewardModel.save`."""
-    return (Path(path).expanduser() / MODEL_FILE).is_file()
-
-
-def build_head(config: RewardTrainConfig, dim: int):
-    """The head: standardized features ``(n, dim)`` -> rewards ``(n,)``."""
-    import torch
-
-    torch.manual_seed(config.seed)
-    if config.head == "linear":
-        layers = torch.nn.Linear(dim, 1)
-    else:
-        layers = torch.nn.Sequential(torch.nn.Linear(dim, config.hidden), torch.nn.GELU(),
-                                     torch.nn.Linear(config.hidden, 1))
-    return torch.nn.Sequential(layers, torch.nn.Flatten(0))
 
 
 def preference_metrics(delta: np.ndarray, bins: int = 10) -> dict[str, float]:
@@ -260,10 +112,10 @@ def train_head(chosen: np.ndarray, rejected: np.ndarray, config: RewardTrainConf
         if values is not None and (values.shape != (n_pairs,) or not torch.isfinite(values).all()):
             raise ValueError(f"{name} must hold one finite number per pair ({n_pairs}), got shape {tuple(values.shape)}")
 
-    module = build_head(config, dim)
+    module = build_head(config.head, dim, hidden=config.hidden, seed=config.seed)
     optimizer = torch.optim.AdamW(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
-    model = HeadRewardModel(config, mean, scale, module)
+    model = HeadRewardModel(config.features, mean, scale, module, training=to_record(config))
     curves: dict[str, Any] = {"epochs": [], "train_loss": [], "eval": {name: [] for name in (evals or {})}}
     total_weight = float(weight_t.sum()) or 1.0
     for epoch in tqdm(range(1, config.epochs + 1), desc="training reward head", disable=not progress):
@@ -292,20 +144,16 @@ def train_head(chosen: np.ndarray, rejected: np.ndarray, config: RewardTrainConf
 
 
 def pair_matrix(pairs, config: RewardTrainConfig, *, cache_dir=None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Features ``(chosen, rejected)``, each ``(n_pairs, dim)``, of every view of ``config``
-    side by side, for the rows of ``pairs`` (valid rows only: see :func:`usable_pairs`)."""
-    from ..score import pair_features
-
-    views = [pair_features(pairs, config.score_config(), view=view, cache_dir=cache_dir, progress=progress)[:2]
-             for view in config.views]
+    """Features ``(chosen, rejected)``, each ``(n_pairs, dim)``, of every view of
+    ``config.features`` side by side, for the rows of ``pairs`` (valid rows only: see
+    :func:`usable_pairs`)."""
+    views = feature_views(pairs, config.features, cache_dir=cache_dir, progress=progress)
     return np.hstack([c for c, _ in views]), np.hstack([r for _, r in views])
 
 
 def usable_pairs(pairs):
     """The rows a reward model trains on: valid rows, minus rows a denoise export marks
     ``drop`` or ``invalid``."""
-    from ..data.pairs import split_invalid
-
     valid, _ = split_invalid(pairs)
     if "action" in valid.column_names:
         valid = valid.select([i for i, action in enumerate(valid["action"]) if action not in ("drop", "invalid")])
@@ -334,14 +182,15 @@ def train_reward_model(pairs, config: RewardTrainConfig = RewardTrainConfig(), *
             raise ValueError(f"column '{name}' is empty or not a number at {train['source'][row]} row {train['row'][row]}")
         return values
 
-    margin = column("margin") if "margin" in config.loss else None
-    soft_label = column("soft_label") if config.loss.startswith("soft-label") else None
+    reads_margin, reads_soft_label = LOSSES[config.loss]
+    margin = column("margin") if reads_margin else None
+    soft_label = column("soft_label") if reads_soft_label else None
     test_pairs = {}
     for name, candidate in (evals or {}).items():
         test_pairs[name] = usable_pairs(candidate)
         if len(test_pairs[name]) == 0:
             raise ValueError(f"eval set {name!r} has no valid pairs")
-    if config.mode == "finetune":
+    if config.model_type == "finetune":
         return _finetune(train, config, test_pairs, margin, soft_label, progress)
     chosen, rejected = pair_matrix(train, config, cache_dir=cache_dir, progress=progress)
     test_sets = {name: pair_matrix(valid, config, cache_dir=cache_dir, progress=progress)
@@ -354,57 +203,41 @@ def train_reward_model(pairs, config: RewardTrainConfig = RewardTrainConfig(), *
         "eval": {name: values[-1] for name, values in curves["eval"].items()},
         "train": {**preference_metrics(train_delta), "final_loss": curves["train_loss"][-1]},
         "curves": curves,
-        "config": asdict(config),
+        "config": to_record(config),
     }
     model.metadata.update({"train_pairs": len(train), "eval": metrics["eval"]})
     return model, metrics
 
 
 def _finetune(train, config: RewardTrainConfig, test_pairs: dict[str, Any], margin, soft_label, progress: bool):
-    """``mode="finetune"``: the whole backbone through ``accelerate``; returns the model
-    (a :class:`FinetunedRewardModel` over a temporary folder until saved) and metrics."""
+    """``model_type="finetune"``: the whole backbone through ``accelerate``; returns the model
+    (an :class:`~rmclean.members.reward_models.HFRewardModel` over a temporary folder until saved) and
+    metrics."""
     import tempfile
 
     from ..features.backbones import model_folder, resolve_backbone
-    from ..members.finetune import FinetuneConfig
-    from ..members.finetune import train_reward_model as finetune_reward_model
-    from ..score import scoring_texts
+    from ..features.views import scoring_texts
+    from ..members.finetune import FinetuneConfig, finetune_reward_model
 
     chosen_texts, rejected_texts = scoring_texts(train)
     tokenizer, network = finetune_reward_model(
-        str(model_folder(resolve_backbone(config.backbone))), chosen_texts, rejected_texts,
+        str(model_folder(resolve_backbone(config.features.backbone))), chosen_texts, rejected_texts,
         FinetuneConfig(epochs=config.epochs, learning_rate=config.learning_rate, batch_size=config.batch_size,
-                       max_length=config.max_length, seed=config.seed),
+                       max_length=config.features.max_length, seed=config.seed),
         progress=progress, loss=config.loss, margin=margin, soft_label=soft_label)
     folder = Path(tempfile.mkdtemp(prefix="rmclean-reward-"))
     network.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    write_text(folder / FINETUNED_FILE, json.dumps({"max_length": config.max_length, "config": asdict(config)}) + "\n")
-    model = FinetunedRewardModel(str(folder), max_length=config.max_length)
+    write_text(folder / FINETUNED_FILE, json.dumps({"max_length": config.features.max_length, "config": to_record(config)}) + "\n")
+    model = HFRewardModel(str(folder), max_length=config.features.max_length)
     final = {name: preference_metrics(pair_deltas(model, pairs)) for name, pairs in test_pairs.items()}
     metrics = {"eval": final, "train": preference_metrics(pair_deltas(model, train)),
                "curves": {"epochs": [config.epochs], "train_loss": [], "eval": {n: [m] for n, m in final.items()}},
-               "config": asdict(config)}
+               "config": to_record(config)}
     return model, metrics
 
 
-def save_reward_model(model: "HeadRewardModel | FinetunedRewardModel", folder: str | os.PathLike) -> Path:
-    """Save either kind of trained reward model to ``folder`` (replacing what is there)."""
-    import shutil
-
-    folder = Path(folder)
-    if isinstance(model, HeadRewardModel):
-        return model.save(folder)
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(model.folder, partial)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(partial, folder)
-    model.folder = str(folder)
-    return folder
-
-
-def write_training_report(model: "HeadRewardModel | FinetunedRewardModel", metrics: dict[str, Any],
+def write_training_report(model: HeadRewardModel | HFRewardModel, metrics: dict[str, Any],
                           folder: str | os.PathLike, data: str | None = None) -> list[Path]:
     """Write ``model/``, ``metrics.json`` (SPEC 4: final accuracy and mean margin per eval
     set, and the curves) and ``plots/curves.png`` into ``folder``."""
@@ -412,13 +245,21 @@ def write_training_report(model: "HeadRewardModel | FinetunedRewardModel", metri
 
     folder = Path(folder)
     (folder / "plots").mkdir(parents=True, exist_ok=True)
-    written = [save_reward_model(model, folder / "model")]
+    written = [model.save(folder / "model")]
     written.append(write_text(folder / "metrics.json", json.dumps({"data": data, **metrics}, indent=2) + "\n"))
     plots.save(plots.training_curves(metrics["curves"]), folder / "plots" / "curves.png")
     written.append(folder / "plots" / "curves.png")
     return written
 
 
-__all__ = ["FinetunedRewardModel", "HeadRewardModel", "RewardTrainConfig", "build_head", "is_head_reward_model",
-           "load_reward_model", "pair_deltas", "pair_matrix", "preference_metrics", "save_reward_model", "train_head",
+def metrics_text(config: RewardTrainConfig, metrics: dict[str, Any]) -> str:
+    """The short human report of ``rmclean train-rm``."""
+    lines = [f"trained a {config.model_type} reward model ({config.loss} loss) on {metrics['train']['pairs']:,} pairs: "
+             f"train accuracy {metrics['train']['accuracy']:.3f}"]
+    lines += [f"  {name}: accuracy {m['accuracy']:.3f}, mean margin {m['mean_margin']:.3f}, "
+              f"calibration error {m['calibration_error']:.3f} ({m['pairs']:,} pairs)" for name, m in metrics["eval"].items()]
+    return "\n".join(lines)
+
+
+__all__ = ["RewardTrainConfig", "load_reward_model", "metrics_text", "pair_matrix", "preference_metrics", "train_head",
            "train_reward_model", "usable_pairs", "write_training_report"]
