@@ -58,7 +58,8 @@ DEFAULT_DENOISERS: dict[str, DenoiseConfig] = {
     "soft-label+margin 20%": DenoiseConfig("soft-label+margin", "fraction:0.2"),
 }
 NOISE_KINDS = ("random", "targeted")
-#: The paper's three test sets, measured with independent ``judgements`` or ``test_noise``.
+#: The paper's three test sets, measured with independent ``judgements`` or ``test_noise``
+#: (``independent`` is the set ``rmclean check`` writes as ``testsets/judge.jsonl``).
 TESTSETS = ("original", "agreeing", "independent")
 #: Independent verdicts a judgements table may hold; ``tie`` (and anything else) decides nothing.
 VERDICTS = ("chosen", "rejected", "tie", "invalid", "error", "pending")

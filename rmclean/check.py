@@ -46,6 +46,9 @@ from .judge import (
 )
 from .score import Scores
 
+#: The paper's three test sets, as ``testsets/<name>.jsonl``. ``judge`` (the pairs the judge
+#: decided, relabelled by it) is the set :mod:`rmclean.benefit` calls ``independent``, since gold
+#: labels may stand in for a judge there; both names are in files users read, so both stay.
 TESTSETS = ("original", "judge", "agreeing")
 JUDGED = ("chosen", "rejected", "tie")
 LABELS = {"chosen": 1, "rejected": 0}  # anything else: -1

@@ -60,10 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # --- options from config fields ---------------------------------------------------------
-def add_config_options(parser: argparse.ArgumentParser, cls: type, title: str | None = None) -> None:
+def add_config_options(parser: argparse.ArgumentParser, cls: type, title: str | None = None) -> dict[str | None, Any]:
     """One option per setting of the config class ``cls`` (see :mod:`rmclean.configs`), in a
-    group called ``title`` (or the field's own ``group``). A flag the parser already has is
-    shared: both configs read it (``--seed``)."""
+    group called ``title`` (or the field's own ``group``); returns the groups by title. A flag
+    the parser already has is shared: both configs read it (``--seed``)."""
     groups: dict[str | None, Any] = {}
     declared = {option for action in parser._actions for option in action.option_strings}
     for _, field, hint in option_fields(cls):
@@ -88,6 +88,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, title: str | 
             if "choices" in meta:
                 options["choices"] = list(meta["choices"])
         groups[group_title].add_argument(flag, **options)
+    return groups
 
 
 def config_from_args(cls: type, args: argparse.Namespace):
@@ -259,8 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(testsets/{original,judge,agreeing}.jsonl) and summary.json. The API key comes from "
         "$OPENAI_API_KEY (not needed for a server on this machine or --backend local).",
     )
-    add_config_options(check, JudgeConfig, "judge options")
-    budget = next(group for group in check._action_groups if group.title == "budget")
+    budget = add_config_options(check, JudgeConfig, "judge options")["budget"]
     budget.add_argument("--prices", metavar="FILE", help='price table JSON {"model": [in, out]} over the built-in one')
     budget.add_argument("--dry-run", action="store_true", help="print the requests and tokens a run needs; send nothing")
     add_config_options(check, CheckConfig)

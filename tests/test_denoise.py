@@ -100,6 +100,21 @@ def test_drop_keeps_every_row_with_its_action(pairs, scores):
     assert result["margin"][:5] == [None] * 5
 
 
+def test_a_new_method_is_one_row_of_the_table(pairs, scores, monkeypatch):
+    from rmclean.denoise import METHODS, Method
+
+    monkeypatch.setitem(METHODS, "drop+margin", Method("drop", margin=True))
+    config = DenoiseConfig("drop+margin", "fraction:0.2")
+    assert config.loss == "margin" and DenoiseConfig("soft-label+margin").loss == "soft-label+margin"
+    result = denoise(pairs, scores, "drop+margin", "fraction:0.2")
+    actions = np.array(result["action"])
+    assert (actions == "drop").sum() == 4 and (actions == "keep").sum() == 16
+    kept = actions == "keep"
+    np.testing.assert_allclose(np.array(result["margin"], dtype=float)[kept],  # margins: the strength, clipped
+                               np.clip(scores.strength_mean[kept], 0, 1))
+    assert denoise_summary(result, config)["margin"]["positive"] > 0
+
+
 def test_margin_is_clipped_strength_after_any_flip(pairs, scores):
     strength = scores.strength_mean
     result = denoise(pairs, scores, "margin", margin_scale=0.5, margin_max=1.0)
