@@ -15,6 +15,7 @@ from .export import to_profile, write_denoised
 from .judge import JudgeConfig, JudgeError
 from .data.pairs import CANONICAL_COLUMNS, PairFormatError, load_pairs, split_invalid
 from .score import ScoreConfig, Scores, score
+from .serve import reward_function
 from .data.sources import SourceNotFoundError
 
 try:
@@ -40,6 +41,7 @@ __all__ = [
     "denoise",
     "describe",
     "load_pairs",
+    "reward_function",
     "score",
     "split_invalid",
     "to_profile",

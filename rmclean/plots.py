@@ -149,3 +149,36 @@ def benefit_curves(records: list[dict], rates, noises,
         axis.legend(fontsize=7)
     figure.tight_layout()
     return figure
+
+
+#: The curves of a PPO run, by metrics.jsonl key, with their axis labels.
+PPO_CURVES = (
+    ("reward_mean", "reward (raw)"), ("kl_k1", "KL to reference, k1 (k3 dashed)"), ("perplexity", "held-out perplexity"),
+    ("response_length", "response length (tokens)"), ("eos_rate", "EOS rate"), ("repetition_rate", "repetition rate"),
+    ("entropy", "token entropy"), ("value_loss", "value loss"), ("policy_clip_fraction", "policy clip fraction"),
+    ("approx_kl", "approx. KL (new vs rollout)"), ("score_mean", "scaled score"), ("seconds", "seconds per update"),
+)
+
+
+def ppo_curves(metrics: list[dict]):
+    """Every logged curve of a PPO run against the update, one panel each (the paper's
+    figure 9 among them: reward, KL, perplexity, length)."""
+    plt = pyplot()
+
+    figure, axes = plt.subplots(3, 4, figsize=(14, 8))
+    updates = [row["update"] for row in metrics]
+    for axis, (key, label) in zip(axes.flat, PPO_CURVES):
+        axis.plot(updates, [row.get(key) if row.get(key) is not None else np.nan for row in metrics], color="#4C72B0")
+        if key == "reward_mean":
+            evaluated = [(row["update"], row["eval_reward_mean"]) for row in metrics if "eval_reward_mean" in row]
+            if evaluated:
+                axis.plot(*zip(*evaluated), marker="o", color="#DD8452", label="held-out samples")
+                axis.legend(fontsize=7)
+        if key == "kl_k1":
+            axis.plot(updates, [row["kl_k3"] for row in metrics], color="#4C72B0", linestyle="--")
+        if key == "perplexity" and metrics and metrics[0].get("reference_perplexity") is not None:
+            axis.axhline(metrics[0]["reference_perplexity"], color="grey", linewidth=1)
+        axis.set_title(label, fontsize=9)
+        axis.set_xlabel("update", fontsize=8)
+    figure.tight_layout()
+    return figure

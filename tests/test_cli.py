@@ -95,13 +95,14 @@ def test_every_command_runs_something_and_every_setting_is_a_flag():
     from rmclean.denoise import DenoiseConfig
     from rmclean.judge import JudgeConfig
     from rmclean.score import ScoreConfig
+    from rmclean.train.ppo import PPOConfig
     from rmclean.train.reward import RewardTrainConfig
 
     commands = build_parser()._subparsers._group_actions[0].choices
     for name, parser in commands.items():
         assert name == "data" or parser.get_default("run") is not None, name
     configs = {"score": [ScoreConfig], "audit": [ScoreConfig, AuditConfig], "denoise": [DenoiseConfig],
-               "check": [JudgeConfig, CheckConfig], "train-rm": [RewardTrainConfig]}
+               "check": [JudgeConfig, CheckConfig], "train-rm": [RewardTrainConfig], "ppo": [PPOConfig]}
     for name, classes in configs.items():
         options = {option for action in commands[name]._actions for option in action.option_strings}
         for cls in classes:

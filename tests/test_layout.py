@@ -41,10 +41,14 @@ def readme_file_map() -> set[str]:
 
 
 def test_readme_file_map_matches_the_tree():
+    """Every module is in the map, and everything in the map exists; a sub-package's
+    ``__init__.py`` may stay out of the map while it only documents and re-exports."""
     listed = readme_file_map()
-    on_disk = {str(path.relative_to(ROOT)) for path in PACKAGE.rglob("*.py")
-               if path.name != "__init__.py" or path.parent == PACKAGE}
-    assert listed == on_disk, f"in the README only: {sorted(listed - on_disk)}; on disk only: {sorted(on_disk - listed)}"
+    on_disk = {str(path.relative_to(ROOT)): path for path in PACKAGE.rglob("*.py")}
+    required = {name for name, path in on_disk.items() if path.name != "__init__.py" or path.parent == PACKAGE
+                or re.search(r"^(def|class) ", path.read_text(encoding="utf-8"), re.M)}
+    assert required <= listed <= set(on_disk), (f"missing from the README: {sorted(required - listed)}; "
+                                                f"not on disk: {sorted(listed - set(on_disk))}")
 
 
 @pytest.mark.parametrize("ci, outcome", [("true", "1 error"), ("", "1 skipped")])

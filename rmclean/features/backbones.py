@@ -22,6 +22,7 @@ on such a CPU, features within cosine 0.9999 of float32. Elsewhere it is float32
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -150,9 +151,12 @@ def _is_decoder(config: Any) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=4)
 def load_model(backbone: Backbone, cache_dir: Path | None = None):
     """``(tokenizer, model)`` in eval mode with dropout off; GGUF weights are dequantized
-    once and saved under the cache (transformers refuses to save a model marked quantized)."""
+    once and saved under the cache (transformers refuses to save a model marked quantized).
+    A loaded backbone is kept for the process's later calls (a reward model asked on every PPO
+    update would otherwise load it again each time); its weights are never changed."""
     from transformers import AutoModel, AutoTokenizer
 
     source = str(model_folder(backbone, cache_dir))
@@ -308,11 +312,13 @@ def embed_texts(
     cache_dir: Path | None = None,
     progress: bool = True,
     precision: str = "auto",
+    store: bool = True,
 ) -> np.ndarray:
     """Features of ``texts``, shape ``(len(texts), dim)``, float32, through the cache.
 
     Only texts missing from the cache are run through the model, in batches of similar
-    length (dynamic padding), and saved shard by shard. ``precision`` is one of
+    length (dynamic padding), and saved shard by shard; with ``store=False`` they are not saved
+    (texts never seen again, such as a policy's samples). ``precision`` is one of
     ``PRECISIONS`` (see the module docstring); each resolved precision has its own cache.
     """
     import torch
@@ -321,6 +327,7 @@ def embed_texts(
     precision = resolve_precision(precision, device)
     cache = FeatureCache(backbone, max_length, cache_dir, precision)
     todo = cache.missing(texts)
+    fresh: dict[str, np.ndarray] = {}  # embedded and not stored
     if todo:
         import contextlib
 
@@ -343,16 +350,25 @@ def embed_texts(
                 encoded = tokenizer(batch, truncation=True, max_length=max_length, padding=True,
                                     return_tensors="pt").to(device)
                 hidden = model(**encoded).last_hidden_state
-                pending_vectors.append(pool_hidden_states(hidden, encoded["attention_mask"], backbone.pooling).cpu().numpy())
-                pending_texts.extend(batch)
+                vectors = pool_hidden_states(hidden, encoded["attention_mask"], backbone.pooling).cpu().numpy()
                 bar.update(len(batch))
+                if not store:
+                    fresh.update(zip(batch, vectors))
+                    continue
+                pending_vectors.append(vectors)
+                pending_texts.extend(batch)
                 if len(pending_texts) >= SHARD_SIZE:
                     cache.add(pending_texts, np.concatenate(pending_vectors))
                     pending_texts, pending_vectors = [], []
         if pending_texts:
             cache.add(pending_texts, np.concatenate(pending_vectors))
         bar.close()
-    return cache.get(texts)
+    if not fresh:
+        return cache.get(texts)
+    cached = [text for text in dict.fromkeys(texts) if text not in fresh]
+    if cached:
+        fresh.update(zip(cached, cache.get(cached)))
+    return np.stack([fresh[text] for text in texts]).astype(np.float32)
 
 
 def pool_hidden_states(hidden, mask, pooling: str):

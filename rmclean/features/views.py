@@ -108,15 +108,16 @@ def pair_features(pairs, features: FeatureConfig, *, view: str = "transcript",
 
 def response_features(prompts: list[str], responses: list[str], features: FeatureConfig, *,
                       view: str = "transcript", cache_dir: str | os.PathLike | None = None,
-                      progress: bool = True) -> np.ndarray:
-    """One row of features per (prompt, response) in one view, shape ``(n_responses, dim)``."""
+                      progress: bool = True, store: bool = True) -> np.ndarray:
+    """One row of features per (prompt, response) in one view, shape ``(n_responses, dim)``;
+    ``store=False`` keeps new texts out of the cache (see :func:`embed_texts`)."""
     backbone_name, view = split_view(view, features.backbone)
     backbone = resolve_backbone(backbone_name)
 
     def embed(texts: list[str]) -> np.ndarray:
         return embed_texts(backbone, texts, max_length=features.max_length, batch_size=features.batch_size,
                            cache_dir=Path(cache_dir) if cache_dir else None, progress=progress,
-                           precision=features.precision)
+                           precision=features.precision, store=store)
 
     if view == "transcript":
         vectors = embed([scoring_text(p, r) for p, r in zip(prompts, responses)])

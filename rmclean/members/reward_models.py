@@ -61,10 +61,10 @@ class HeadRewardModel:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def feature_matrix(self, prompts: list[str], responses: list[str], *, cache_dir=None,
-                       progress: bool = False) -> np.ndarray:
+                       progress: bool = False, store: bool = True) -> np.ndarray:
         """Raw (unstandardized) features of each (prompt, response), ``(n, dim)``."""
         return np.hstack([response_features(list(prompts), list(responses), self.features, view=view,
-                                            cache_dir=cache_dir, progress=progress)
+                                            cache_dir=cache_dir, progress=progress, store=store)
                           for view in self.features.views])
 
     def reward_of_features(self, features: np.ndarray) -> np.ndarray:
@@ -75,11 +75,13 @@ class HeadRewardModel:
             return self.module(torch.as_tensor(standardized, dtype=torch.float32)).double().numpy()
 
     def reward(self, prompts: list[str] | str, responses: list[str] | str, *, cache_dir=None,
-               progress: bool = False) -> np.ndarray:
+               progress: bool = False, store: bool = True) -> np.ndarray:
         """Reward of each response to its prompt, shape ``(n,)`` (a single pair of strings
-        gives shape ``(1,)``)."""
+        gives shape ``(1,)``); ``store=False`` keeps the texts' features out of the feature cache
+        (a policy's samples are never seen again)."""
         prompts, responses = _as_lists(prompts, responses)
-        return self.reward_of_features(self.feature_matrix(prompts, responses, cache_dir=cache_dir, progress=progress))
+        return self.reward_of_features(self.feature_matrix(prompts, responses, cache_dir=cache_dir,
+                                                           progress=progress, store=store))
 
     def save(self, folder: str | os.PathLike) -> Path:
         import torch
@@ -165,11 +167,13 @@ class HFRewardModel:
 
 def load_reward_model(name_or_path: str | os.PathLike, *, max_length: int | None = None
                       ) -> HeadRewardModel | HFRewardModel:
-    """A trained reward model ready for ``reward(prompts, responses)``: a folder saved by
-    ``rmclean train-rm`` (either mode), any HF reward model folder, or a Hub id (loaded at its
+    """A trained reward model ready for ``reward(prompts, responses)``: a ``rmclean train-rm``
+    output folder or its ``model/`` (either mode), any HF reward model folder, or a Hub id (loaded at its
     first use). ``max_length`` sets an HF model's token limit (default: what a fine-tuned
     folder records, else 256)."""
     path = Path(name_or_path).expanduser()
+    if (path / "model").is_dir() and (path / "metrics.json").is_file():  # a train-rm output folder
+        path = path / "model"
     if is_head_reward_model(path):
         return HeadRewardModel.load(path)
     if path.is_dir() and not (path / "config.json").is_file():
@@ -178,6 +182,15 @@ def load_reward_model(name_or_path: str | os.PathLike, *, max_length: int | None
     settings = path / FINETUNED_FILE
     recorded = json.loads(settings.read_text())["max_length"] if settings.is_file() else 256
     return HFRewardModel(str(path) if path.exists() else str(name_or_path), max_length=max_length or recorded)
+
+
+def as_scorer(reward_model: Any, *, cache_dir=None):
+    """``f(prompts, responses) -> rewards`` of a reward model (either kind), any object with
+    ``reward(prompts, responses)``, or a callable of those arguments. A head model's scorer keeps
+    the texts' features out of the feature cache: an RL engine's samples are never seen again."""
+    if isinstance(reward_model, HeadRewardModel):
+        return functools.partial(reward_model.reward, cache_dir=cache_dir, store=False)
+    return reward_model.reward if hasattr(reward_model, "reward") else reward_model
 
 
 def is_head_reward_model(path: str | os.PathLike) -> bool:
@@ -243,5 +256,5 @@ def rewards(tokenizer, model, texts: list[str], max_length: int, batch_size: int
     return result
 
 
-__all__ = ["HFRewardModel", "HeadRewardModel", "build_head", "is_head_reward_model", "load_reward_model",
+__all__ = ["HFRewardModel", "HeadRewardModel", "as_scorer", "build_head", "is_head_reward_model", "load_reward_model",
            "load_sequence_classifier", "pair_deltas", "prepare", "rewards"]

