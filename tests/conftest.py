@@ -104,3 +104,20 @@ def build_tiny_policy(folder: Path) -> str:
 def tiny_policy(tmp_path_factory) -> str:
     """The folder of :func:`build_tiny_policy`."""
     return build_tiny_policy(tmp_path_factory.mktemp("tiny-policy"))
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(tiny_backbone, tmp_path_factory) -> str:
+    """A head reward model on tiny-BERT features that prefers answers with 'good' in them, saved
+    as ``rmclean train-rm`` saves one (its ``model/`` folder)."""
+    import rmclean
+    from rmclean.features.views import FeatureConfig
+    from rmclean.train.reward import RewardTrainConfig, train_reward_model
+
+    rows = [{"prompt": f"question {i}", "chosen": f"a good answer {i}", "rejected": f"a bad answer {i}"}
+            for i in range(40)]
+    config = RewardTrainConfig(features=FeatureConfig(backbone=tiny_backbone, views=("transcript",), max_length=32),
+                               epochs=30, learning_rate=3e-2, weight_decay=0.0)
+    model, _ = train_reward_model(rmclean.load_pairs(rows), config, cache_dir=tmp_path_factory.mktemp("cache"),
+                                  progress=False)
+    return str(model.save(tmp_path_factory.mktemp("rm") / "model"))

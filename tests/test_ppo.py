@@ -19,6 +19,12 @@ FAST = PPOConfig(updates=20, batch_size=8, max_new_tokens=16, policy_lr=1e-2, cr
                  eval_prompts=4, sample_every=10, checkpoint_every=10)
 
 
+@pytest.fixture(autouse=True)
+def private_feature_cache(tmp_path, monkeypatch):
+    """Reward models here embed into a cache of the test's own, not the user's."""
+    monkeypatch.setenv("RMCLEAN_CACHE_DIR", str(tmp_path / "feature-cache"))
+
+
 def digits(prompts, responses):
     """A programmatic reward: how many digits the response holds."""
     return [sum(c.isdigit() for c in response) for response in responses]
@@ -145,3 +151,68 @@ def test_a_policy_without_a_chat_template_reads_hh_text(tiny_policy, tmp_path):
     config = PPOConfig(**{**FAST.__dict__, "updates": 1})
     result = train_ppo(PROMPTS, digits, config, out=tmp_path, policy=(tokenizer, model), progress=False)
     assert not result.summary["chat_template"] and "no chat template" in result.summary["note"]
+
+
+def _prompt_file(folder):
+    path = folder / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"chosen": f"\n\nHuman: question number {i}?\n\nAssistant: a good answer",
+                                        "rejected": f"\n\nHuman: question number {i}?\n\nAssistant: a bad answer"}) + "\n"
+                            for i in range(30)))
+    return path
+
+
+def test_cli_ppo_killed_mid_run_resumes_from_its_checkpoint(tiny_policy, tiny_reward_model, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "rmclean", "ppo", str(_prompt_file(tmp_path)), "--reward-model", tiny_reward_model,
+               "--policy", tiny_policy, "--updates", "40", "--batch", "4", "--max-new-tokens", "8",
+               "--eval-prompts", "2", "--checkpoint-every", "2", "--sample-every", "5", "--out", str(out), "--quiet"]
+    env = {**os.environ, "RMCLEAN_CACHE_DIR": str(tmp_path / "cache")}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = out / "checkpoint" / "state.pt"
+    deadline = time.time() + 240
+    while not (checkpoint.exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 3):
+        assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.2)
+    process.kill()  # SIGKILL: no clean-up runs
+    process.wait()
+    done_before = len((out / "metrics.jsonl").read_text().splitlines())
+    assert done_before < 40 and not (out / "policy").exists()
+    finished = subprocess.run([*command[:command.index("--updates") + 1], "12", *command[command.index("--updates") + 2:]],
+                              env=env, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "resumed at update" in finished.stdout
+    updates = [json.loads(line)["update"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert updates == list(range(1, 13))  # the logs were cut back to the checkpoint, then continued
+    assert (out / "policy" / "config.json").exists() and (out / "plots" / "curves.png").exists()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--reward-model", "{tmp}/nowhere/"], "cannot load reward model"),
+    (["--reward-model", "{tmp}"], "not a reward model saved by rmclean train-rm"),
+    (["--reward-model", "{rm}", "--updates", "0"], "updates must be at least 1"),
+    (["--reward-model", "{rm}", "--beta", "-1"], "beta must be 0 or more"),
+    (["--reward-model", "{rm}", "--eval-prompts", "40"], "PPO needs more than the 40 held out"),
+])
+def test_cli_ppo_bad_input_is_a_clear_error(tiny_policy, tiny_reward_model, tmp_path, capsys, arguments, message):
+    from rmclean.cli import main
+
+    arguments = [a.format(tmp=tmp_path, rm=tiny_reward_model) for a in arguments]
+    code = main(["ppo", str(_prompt_file(tmp_path)), "--policy", tiny_policy, "--out", str(tmp_path / "out"),
+                 "--quiet", *arguments])
+    assert code == 1
+    assert message in capsys.readouterr().err
+
+
+def test_a_critic_of_its_own_and_several_minibatches(tiny_policy, tmp_path):
+    config = PPOConfig(**{**FAST.__dict__, "updates": 3, "critic": "copy", "minibatch_size": 4, "critic_warmup": 0})
+    result = train_ppo(PROMPTS, digits, config, out=tmp_path, policy=load_policy(tiny_policy), progress=False)
+    last = result.metrics[-1]
+    assert last["approx_kl"] > 0  # the second minibatch sees a policy the first one moved
+    assert np.isfinite(last["value_loss"]) and result.metrics[0]["value_loss"] > 0
+    with pytest.raises(ValueError, match="critic must be one of copy, head"):
+        PPOConfig(critic="twin")

@@ -17,23 +17,16 @@ import pytest
 
 import rmclean
 from rmclean.data.chat import to_hh
-from rmclean.features.views import FeatureConfig
 from rmclean.members.reward_models import load_reward_model
 from rmclean.serve import RewardServer, parse_request
-from rmclean.train.reward import RewardTrainConfig, train_reward_model
 
 CHATML_PROMPT = "<|im_start|>system\nBe kind.<|im_end|>\n<|im_start|>user\nIs it safe?<|im_end|>\n<|im_start|>assistant\n"
 
 
-@pytest.fixture(scope="module")
-def reward_model_folder(tiny_backbone, tmp_path_factory):
-    """A head reward model on tiny-BERT features that prefers answers with 'good' in them."""
-    rows = [{"prompt": f"question {i}", "chosen": f"a good answer {i}", "rejected": f"a bad answer {i}"} for i in range(40)]
-    config = RewardTrainConfig(features=FeatureConfig(backbone=tiny_backbone, views=("transcript",), max_length=32),
-                               epochs=30, learning_rate=3e-2, weight_decay=0.0)
-    cache = tmp_path_factory.mktemp("cache")
-    model, _ = train_reward_model(rmclean.load_pairs(rows), config, cache_dir=cache, progress=False)
-    return str(model.save(tmp_path_factory.mktemp("rm") / "model"))
+@pytest.fixture(autouse=True)
+def private_feature_cache(tmp_path, monkeypatch):
+    """Reward models here embed into a cache of the test's own, not the user's."""
+    monkeypatch.setenv("RMCLEAN_CACHE_DIR", str(tmp_path / "feature-cache"))
 
 
 def _post(url: str, body: bytes | dict, *, content_type: str = "application/json") -> tuple[int, dict]:
@@ -57,12 +50,12 @@ def test_texts_in_any_chat_format_reach_the_reward_model_as_hh():
     assert to_hh(llama3) == (hh, " Yes.")
 
 
-def test_trl_rloo_trainer_runs_with_an_rmclean_reward_function(reward_model_folder, tiny_policy, tmp_path):
+def test_trl_rloo_trainer_runs_with_an_rmclean_reward_function(tiny_reward_model, tiny_policy, tmp_path):
     import datasets
     from trl import RLOOConfig, RLOOTrainer
 
-    reward = rmclean.reward_function(reward_model_folder)
-    model = load_reward_model(reward_model_folder)
+    reward = rmclean.reward_function(tiny_reward_model)
+    model = load_reward_model(tiny_reward_model)
     prompts = [[{"role": "user", "content": "question 3"}]] * 2
     completions = [[{"role": "assistant", "content": "a good answer"}], [{"role": "assistant", "content": "a bad answer"}]]
     direct = model.reward(["\n\nHuman: question 3\n\nAssistant:"] * 2, [" a good answer", " a bad answer"])
@@ -80,8 +73,8 @@ def test_trl_rloo_trainer_runs_with_an_rmclean_reward_function(reward_model_fold
     assert len(logged) == 3 and all(np.isfinite(logged))
 
 
-def test_openrlhf_remote_reward_protocol_over_http(reward_model_folder):
-    model = load_reward_model(reward_model_folder)
+def test_openrlhf_remote_reward_protocol_over_http(tiny_reward_model):
+    model = load_reward_model(tiny_reward_model)
     server = RewardServer(model, port=0).start()
     try:
         url = f"{server.url}/get_reward"
@@ -127,8 +120,8 @@ def test_a_failing_model_answers_500_and_the_server_goes_on():
         ("\n\nHuman: hi\n\nAssistant:", " ok")]
 
 
-def test_serve_rm_command_serves_until_interrupted(reward_model_folder):
-    command = [sys.executable, "-m", "rmclean", "serve-rm", reward_model_folder, "--port", "0"]
+def test_serve_rm_command_serves_until_interrupted(tiny_reward_model):
+    command = [sys.executable, "-m", "rmclean", "serve-rm", tiny_reward_model, "--port", "0"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ}, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:

@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     try:
         return args.run(args)
-    except (PairFormatError, SourceNotFoundError, BackboneError, ValueError, TypeError) as exc:
+    except (PairFormatError, SourceNotFoundError, BackboneError, ValueError, TypeError, FileNotFoundError) as exc:
         print(f"rmclean: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:  # `rmclean ... | head`

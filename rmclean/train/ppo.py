@@ -44,8 +44,8 @@ from ..files import atomic_path, write_text
 from ..members.reward_models import as_scorer
 from .ppo_math import (RunningMoments, gae, kl_estimates, masked_mean, ppo_losses, scale_scores, token_rewards,
                        whiten)
-from .rollout import (EVAL_SAMPLING, ValueModel, frozen_copy, load_policy, render_prompts, repetition_rate,
-                      response_texts, sample, token_logprobs)
+from .rollout import (CRITICS, EVAL_SAMPLING, ValueModel, frozen_copy, load_policy, policy_pass, render_prompts,
+                      repetition_rate, response_texts, sample, token_logprobs)
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -68,8 +68,8 @@ class PPOConfig:
         "help": "rollouts sample from logits / T and their log-probs use the same T (no top-p / top-k)"})
     beta: float = field(default=0.05, metadata={
         "help": "KL penalty per token, -beta (log pi - log pi_ref); 0 is the paper's denoising runs"})
-    policy_lr: float = field(default=2e-6, metadata={"help": "AdamW learning rate of the policy"})
-    critic_lr: float = field(default=6e-6, metadata={"help": "AdamW learning rate of the critic"})
+    policy_lr: float = field(default=1e-5, metadata={"help": "AdamW learning rate of the policy"})
+    critic_lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the critic"})
     gamma: float = field(default=1.0, metadata={"help": "GAE discount"})
     lam: float = field(default=0.95, metadata={"help": "GAE lambda"})
     clip: float = field(default=0.2, metadata={"help": "policy ratio clip"})
@@ -78,6 +78,9 @@ class PPOConfig:
     grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip of policy and critic"})
     missing_eos_penalty: float = field(default=1.0, metadata={
         "help": "subtracted from the reward of a response that hits --max-new-tokens without EOS"})
+    critic: str = field(default="head", metadata={
+        "help": "copy: its own copy of the policy's trunk (MOSS-RLHF); head: a value head on the policy's hidden "
+                "states, no pass of its own (README, \"PPO\")", "choices": CRITICS})
     critic_warmup: int = field(default=2, metadata={"help": "first updates that train the critic only"})
     eval_prompts: int = field(default=8, metadata={
         "help": "prompts held out of training: samples and perplexity are measured on them"})
@@ -105,6 +108,8 @@ class PPOConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
             raise ValueError(f"gamma and lam must lie in [0, 1], got {self.gamma} and {self.lam}")
+        if self.critic not in CRITICS:
+            raise ValueError(f"critic must be one of {', '.join(CRITICS)}, got {self.critic!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
 
@@ -145,7 +150,7 @@ def train_ppo(prompts: list[str], reward_model: Any, config: PPOConfig = PPOConf
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
     torch.manual_seed(config.seed)
     reference = frozen_copy(model)
-    critic = ValueModel(model)
+    critic = ValueModel(model, config.critic)
     # MOSS-RLHF's optimiser: AdamW without weight decay, betas (0.9, 0.95)
     policy_optimizer = torch.optim.AdamW(model.parameters(), lr=config.policy_lr, betas=(0.9, 0.95), eps=1e-6,
                                          weight_decay=0.0)
@@ -188,10 +193,15 @@ def train_ppo(prompts: list[str], reward_model: Any, config: PPOConfig = PPOConf
         timings["reward_s"] = time.perf_counter() - clock
         clock = time.perf_counter()
         mask = rollout.response_mask.float()
+        # With one minibatch the rollout's pass is also the training pass (the ratio starts at 1
+        # either way), so it keeps its graph and no pass is run twice.
+        single = (config.minibatch_size or config.batch_size) >= config.batch_size
+        with torch.set_grad_enabled(single):
+            first = policy_pass(model, rollout, config.temperature, with_entropy=True)
+            first_values = critic.values(rollout, first.hidden)
+        logprobs, values, entropy = first.logprobs.detach(), first_values.detach(), first.entropy
         with torch.no_grad():
-            logprobs, entropy = token_logprobs(model, rollout, config.temperature, with_entropy=True)
             ref_logprobs = token_logprobs(reference, rollout, config.temperature)
-            values = critic.values(rollout)
             scores = scale_scores(raw, rollout.ended, moments, missing_eos_penalty=config.missing_eos_penalty,
                                   reward_clip=config.reward_clip)
             rewards = token_rewards(scores, logprobs, ref_logprobs, mask, config.beta)
@@ -200,7 +210,9 @@ def train_ppo(prompts: list[str], reward_model: Any, config: PPOConfig = PPOConf
         timings["score_s"] = time.perf_counter() - clock
         clock = time.perf_counter()
         losses = _train(rollout, mask, logprobs, values, advantages, returns, model, critic, policy_optimizer,
-                        critic_optimizer, accelerator, config, update)
+                        critic_optimizer, accelerator, config, update,
+                        first=(first.logprobs, first_values) if single else None)
+        del first, first_values
         timings["train_s"] = time.perf_counter() - clock
         k1, k3 = kl_estimates(logprobs, ref_logprobs, mask)
         lengths = rollout.lengths
@@ -299,25 +311,30 @@ def describe_reward_model(reward_model: Any) -> dict[str, Any]:
 
 
 def _train(rollout, mask, logprobs, values, advantages, returns, model, critic, policy_optimizer, critic_optimizer,
-           accelerator, config: PPOConfig, update: int) -> dict[str, float]:
-    """One epoch over the batch in minibatches; averages of the losses and diagnostics."""
+           accelerator, config: PPOConfig, update: int, first=None) -> dict[str, float]:
+    """One epoch over the batch in minibatches; averages of the losses and diagnostics.
+    ``first``: the whole batch's log-probs and values with their graphs (one minibatch)."""
     import torch
 
     size = config.minibatch_size or config.batch_size
-    order = np.random.default_rng([config.seed, 23, update]).permutation(mask.shape[0])
+    order = np.arange(mask.shape[0]) if first is not None else \
+        np.random.default_rng([config.seed, 23, update]).permutation(mask.shape[0])
     logs: list[dict[str, Any]] = []
-    for first in range(0, order.size, size):
-        index = torch.as_tensor(order[first:first + size])
-        part = rollout.select(index)
-        new_logprobs = token_logprobs(model, part, config.temperature)
-        new_values = critic.values(part)
+    for start in range(0, order.size, size):
+        index = torch.as_tensor(order[start:start + size])
+        if first is not None:
+            new_logprobs, new_values = first
+        else:
+            part = rollout.select(index)
+            passed = policy_pass(model, part, config.temperature)
+            new_logprobs, new_values = passed.logprobs, critic.values(part, passed.hidden)
         losses = ppo_losses(new_logprobs, logprobs[index], advantages[index], new_values, values[index],
                             returns[index], mask[index], clip=config.clip, value_clip=config.value_clip)
         critic_optimizer.zero_grad()
+        policy_optimizer.zero_grad()
         accelerator.backward(losses["value_loss"])
         accelerator.clip_grad_norm_(critic.modules.parameters(), config.grad_clip)
         critic_optimizer.step()
-        policy_optimizer.zero_grad()
         if update >= config.critic_warmup:
             accelerator.backward(losses["policy_loss"])
             accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)

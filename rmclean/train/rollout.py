@@ -63,23 +63,33 @@ def frozen_copy(model):
     return reference.eval()
 
 
-class ValueModel:
-    """The critic: a copy of the policy's trunk with a zero-initialised value head, so its first
-    values are 0 and it learns from the returns alone. ``modules`` are what the optimiser trains."""
+#: Critics: ``copy`` (MOSS-RLHF's: its own copy of the policy's trunk) or ``head`` (a value head
+#: on the policy's hidden states, detached, so it costs no forward or backward pass of its own).
+CRITICS = ("copy", "head")
 
-    def __init__(self, policy):
+
+class ValueModel:
+    """The critic: a zero-initialised value head (its first values are 0; it learns from the
+    returns alone) on its own copy of the policy's trunk (``kind="copy"``) or on the policy's
+    hidden states (``kind="head"``). ``modules`` are what its optimiser trains."""
+
+    def __init__(self, policy, kind: str = "copy"):
         import torch
 
-        self.trunk = copy.deepcopy(policy.base_model)
+        if kind not in CRITICS:
+            raise ValueError(f"critic must be one of {', '.join(CRITICS)}, got {kind!r}")
+        self.kind = kind
         self.head = torch.nn.Linear(policy.config.hidden_size, 1)
         torch.nn.init.zeros_(self.head.weight)
         torch.nn.init.zeros_(self.head.bias)
-        self.trunk.requires_grad_(True)
-        self.trunk.eval()
-        self.modules = torch.nn.ModuleDict({"trunk": self.trunk, "head": self.head})
+        self.trunk = copy.deepcopy(policy.base_model).requires_grad_(True).eval() if kind == "copy" else None
+        self.modules = torch.nn.ModuleDict({"head": self.head, **({"trunk": self.trunk} if self.trunk else {})})
 
-    def values(self, rollout: "Rollout"):
-        """The value of the state before each response token, ``(batch, response)``."""
+    def values(self, rollout: "Rollout", policy_hidden=None):
+        """The value of the state before each response token, ``(batch, response)``;
+        ``policy_hidden`` is :class:`PolicyPass`'s ``hidden`` (what a ``head`` critic reads)."""
+        if self.trunk is None:
+            return self.head(policy_hidden.detach()).squeeze(-1).float()
         hidden = self.trunk(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
                             position_ids=positions(rollout.attention_mask)).last_hidden_state
         return self.head(hidden[:, rollout.prompt_length - 1:-1]).squeeze(-1).float()
@@ -153,22 +163,38 @@ def sample(tokenizer, model, texts: list[str], *, max_new_tokens: int, max_promp
     return Rollout(output, attention_mask, prompt_length, response_mask, is_eos.any(dim=1).cpu().numpy())
 
 
-def token_logprobs(model, rollout: Rollout, temperature: float = 1.0, *, with_entropy: bool = False):
-    """Log-probs of the response tokens under ``model`` from logits / ``temperature``,
-    ``(batch, response)``, and (``with_entropy``) the entropy of each step's distribution.
-    Only the response positions go through the output layer."""
+@dataclass
+class PolicyPass:
+    """One forward pass of a policy over a rollout: ``logprobs`` of the response tokens from
+    logits / T ``(batch, response)``, the ``entropy`` of each step's distribution (no gradient;
+    ``None`` unless asked) and ``hidden``, the states before each response token
+    ``(batch, response, hidden)``."""
+
+    logprobs: Any
+    entropy: Any
+    hidden: Any
+
+
+def policy_pass(model, rollout: Rollout, temperature: float = 1.0, *, with_entropy: bool = False) -> PolicyPass:
+    """:class:`PolicyPass` of ``model`` over ``rollout``; only the response positions go
+    through the output layer."""
     import torch
 
     hidden = model.base_model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
                               position_ids=positions(rollout.attention_mask)).last_hidden_state
-    start = rollout.prompt_length - 1
-    logits = model.get_output_embeddings()(hidden[:, start:-1]).float() / temperature
-    logp = torch.log_softmax(logits, dim=-1)
+    hidden = hidden[:, rollout.prompt_length - 1:-1]
+    logp = torch.log_softmax(model.get_output_embeddings()(hidden).float() / temperature, dim=-1)
     chosen = logp.gather(-1, rollout.responses.unsqueeze(-1)).squeeze(-1)
-    if not with_entropy:
-        return chosen
-    entropy = -(logp.exp() * logp).sum(-1)
-    return chosen, entropy
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = -(logp.exp() * logp).sum(-1)
+    return PolicyPass(chosen, entropy, hidden)
+
+
+def token_logprobs(model, rollout: Rollout, temperature: float = 1.0):
+    """Log-probs of the response tokens under ``model`` from logits / ``temperature``, ``(batch, response)``."""
+    return policy_pass(model, rollout, temperature).logprobs
 
 
 def repetition_rate(tokens: list[int], n: int = 3) -> float:
@@ -183,5 +209,5 @@ def response_texts(tokenizer, rollout: Rollout) -> list[str]:
     return tokenizer.batch_decode(tokens, skip_special_tokens=True)
 
 
-__all__ = ["EVAL_SAMPLING", "Rollout", "ValueModel", "frozen_copy", "load_policy", "positions", "prepare_policy",
+__all__ = ["CRITICS", "EVAL_SAMPLING", "PolicyPass", "Rollout", "ValueModel", "frozen_copy", "load_policy", "policy_pass", "positions", "prepare_policy",
            "render_prompts", "repetition_rate", "response_texts", "sample", "token_logprobs"]
