@@ -142,6 +142,9 @@ def main() -> None:
                                "score_first": mean("score_mean", metrics[:window]),
                                "score_last": mean("score_mean", metrics[-window:])})
     learned = report["learning"]
+    resumed = learning["summary"]["resumed_from_update"]
+    if resumed:
+        learned["peak_rss_mb"] = None
     defaults = {**asdict(PPOConfig()), **settings}
     lines = [f"PPO with SmolLM2-135M-Instruct against `{args.reward_model}` on hh-rlhf {args.subset} prompts (first turn), "
              f"{args.batch} episodes × {args.max_new_tokens} new tokens per update, policy lr {defaults['policy_lr']:g}, "
@@ -174,7 +177,8 @@ def main() -> None:
         f"{np.mean([row['reward_std'] for row in metrics]):.2f}).",
         "Held-out sample reward every 10 updates: " + ", ".join(f"{u}: {r:.3f}" for u, r in evaluated), "",
         f"Largest k3 over the run: {learned['kl_k3_max']:.3f}; {learned['seconds_per_update']:.1f} s per update on "
-        f"average; peak RSS {learned['peak_rss_mb']:,.0f} MB.", ""]
+        f"average; " + (f"peak RSS {learned['peak_rss_mb']:,.0f} MB." if not resumed else
+                        f"(the last process resumed the run at update {resumed}, so its peak RSS is not the run's)."), ""]
     markdown = "\n".join(lines)
     write_results(RESULTS / args.name, report, markdown)
     shutil.copy(args.work / f"learning-{args.name}" / "plots" / "curves.png", RESULTS / f"{args.name}_curves.png")

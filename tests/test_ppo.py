@@ -153,6 +153,19 @@ def test_a_policy_without_a_chat_template_reads_hh_text(tiny_policy, tmp_path):
     assert not result.summary["chat_template"] and "no chat template" in result.summary["note"]
 
 
+
+def test_a_trainer_that_ran_before_in_the_process_does_not_block_the_run(tiny_policy, tmp_path):
+    """TRL's configs default to bf16, and accelerate keeps one state per process: a reward model
+    trained with TRL in the same notebook must not stop PPO from choosing its own precision."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # as each transformers Trainer does
+    Accelerator(cpu=True, mixed_precision="bf16")
+    config = PPOConfig(**{**FAST.__dict__, "updates": 1})
+    result = train_ppo(PROMPTS, digits, config, out=tmp_path, policy=load_policy(tiny_policy), progress=False)
+    assert len(result.metrics) == 1
+
 def _prompt_file(folder):
     path = folder / "prompts.jsonl"
     path.write_text("".join(json.dumps({"chosen": f"\n\nHuman: question number {i}?\n\nAssistant: a good answer",

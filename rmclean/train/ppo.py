@@ -139,6 +139,7 @@ def train_ppo(prompts: list[str], reward_model: Any, config: PPOConfig = PPOConf
     ``report`` gets each update's metrics."""
     import torch
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -147,6 +148,10 @@ def train_ppo(prompts: list[str], reward_model: Any, config: PPOConfig = PPOConf
     rewards_of(score, ["\n\nHuman: Hello?\n\nAssistant:"], ["Hello! How can I help?"])  # a broken reward model fails now
     tokenizer, model = policy if policy is not None else load_policy(config.policy, cache_dir)
     _, templated = render_prompts(tokenizer, train_prompts[:1])
+    # accelerate keeps one process-wide state, and a trainer that ran before in this process (TRL's
+    # defaults: bf16) would refuse this run's precision; start afresh, as transformers'
+    # TrainingArguments does for each new Trainer
+    AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
     torch.manual_seed(config.seed)
     reference = frozen_copy(model)
@@ -165,15 +170,16 @@ def train_ppo(prompts: list[str], reward_model: Any, config: PPOConfig = PPOConf
     start = _resume(out, identity, model, critic, policy_optimizer, critic_optimizer, moments)
 
     def rollout_of(texts: list[str], **sampling):
-        return sample(tokenizer, accelerator.unwrap_model(model), texts, max_new_tokens=config.max_new_tokens,
-                      max_prompt_tokens=config.max_prompt_tokens, add_special_tokens=not templated, **sampling)
+        with accelerator.autocast():  # every model pass runs under the run's mixed precision
+            return sample(tokenizer, accelerator.unwrap_model(model), texts, max_new_tokens=config.max_new_tokens,
+                          max_prompt_tokens=config.max_prompt_tokens, add_special_tokens=not templated, **sampling)
 
     heldout_texts = render_prompts(tokenizer, heldout_prompts)[0]
     torch.manual_seed(config.seed)  # the held-out texts perplexity is measured on: the reference's samples
     heldout = sample(tokenizer, reference, heldout_texts, max_new_tokens=config.max_new_tokens,
                      max_prompt_tokens=config.max_prompt_tokens, add_special_tokens=not templated,
                      **EVAL_SAMPLING) if heldout_prompts else None
-    with torch.no_grad():
+    with torch.no_grad(), accelerator.autocast():
         reference_perplexity = perplexity(reference, heldout)
     initial_eval = (_write_samples(out, 0, heldout_prompts, heldout_texts, rollout_of, tokenizer, score, config)
                     if start == 0 else None)
@@ -196,12 +202,13 @@ def train_ppo(prompts: list[str], reward_model: Any, config: PPOConfig = PPOConf
         # With one minibatch the rollout's pass is also the training pass (the ratio starts at 1
         # either way), so it keeps its graph and no pass is run twice.
         single = (config.minibatch_size or config.batch_size) >= config.batch_size
-        with torch.set_grad_enabled(single):
+        with torch.set_grad_enabled(single), accelerator.autocast():
             first = policy_pass(model, rollout, config.temperature, with_entropy=True)
             first_values = critic.values(rollout, first.hidden)
         logprobs, values, entropy = first.logprobs.detach(), first_values.detach(), first.entropy
         with torch.no_grad():
-            ref_logprobs = token_logprobs(reference, rollout, config.temperature)
+            with accelerator.autocast():
+                ref_logprobs = token_logprobs(reference, rollout, config.temperature)
             scores = scale_scores(raw, rollout.ended, moments, missing_eos_penalty=config.missing_eos_penalty,
                                   reward_clip=config.reward_clip)
             rewards = token_rewards(scores, logprobs, ref_logprobs, mask, config.beta)
@@ -216,7 +223,7 @@ def train_ppo(prompts: list[str], reward_model: Any, config: PPOConfig = PPOConf
         timings["train_s"] = time.perf_counter() - clock
         k1, k3 = kl_estimates(logprobs, ref_logprobs, mask)
         lengths = rollout.lengths
-        with torch.no_grad():
+        with torch.no_grad(), accelerator.autocast():
             heldout_perplexity = perplexity(model, heldout)
         row = {"update": update + 1, "reward_mean": float(raw.mean()), "reward_std": float(raw.std()),
                "score_mean": float(np.mean(scores)), "score_std": float(np.std(scores)),
@@ -326,8 +333,9 @@ def _train(rollout, mask, logprobs, values, advantages, returns, model, critic, 
             new_logprobs, new_values = first
         else:
             part = rollout.select(index)
-            passed = policy_pass(model, part, config.temperature)
-            new_logprobs, new_values = passed.logprobs, critic.values(part, passed.hidden)
+            with accelerator.autocast():
+                passed = policy_pass(model, part, config.temperature)
+                new_logprobs, new_values = passed.logprobs, critic.values(part, passed.hidden)
         losses = ppo_losses(new_logprobs, logprobs[index], advantages[index], new_values, values[index],
                             returns[index], mask[index], clip=config.clip, value_clip=config.value_clip)
         critic_optimizer.zero_grad()
