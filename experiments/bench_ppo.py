@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import shutil
 import subprocess
@@ -31,6 +30,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+
+from machine import machine  # experiments/machine.py
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
@@ -61,16 +62,6 @@ def child(arguments: dict) -> dict:
     if process.returncode != 0:
         raise SystemExit(f"the PPO run failed ({process.returncode})")
     return json.loads(next(line[6:] for line in process.stdout.splitlines() if line.startswith("RESULT")))
-
-
-def machine() -> str:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")), "?")
-    import torch
-
-    return (f"{model}, {torch.get_num_threads()} torch threads, native bfloat16: "
-            f"{'yes' if 'avx512_bf16' in flags or 'amx_bf16' in flags else 'no'}, torch {torch.__version__}, "
-            f"Python {platform.python_version()}")
 
 
 def main() -> None:

@@ -61,6 +61,9 @@ NOISE_KINDS = ("random", "targeted")
 #: The paper's three test sets, measured with independent ``judgements`` or ``test_noise``
 #: (``independent`` is the set ``rmclean check`` writes as ``testsets/judge.jsonl``).
 TESTSETS = ("original", "agreeing", "independent")
+#: Sections of an experiment file that ``--stage rm`` leaves to the policy stages
+#: (:mod:`rmclean.downstream`).
+POLICY_SECTIONS = ("gold", "downstream", "bon", "ppo")
 #: Independent verdicts a judgements table may hold; ``tie`` (and anything else) decides nothing.
 VERDICTS = ("chosen", "rejected", "tie", "invalid", "error", "pending")
 
@@ -126,8 +129,8 @@ class BenefitConfig:
         :class:`ScoreConfig` / :class:`RewardTrainConfig` settings (the feature settings,
         ``backbone``, ``views``, ..., go in ``score``: the reward heads read the scorer's
         features), ``denoisers`` maps names to :class:`DenoiseConfig` settings. Unknown keys are
-        errors."""
-        values = dict(values)
+        errors, except the sections the policy stages read (:data:`POLICY_SECTIONS`)."""
+        values = {key: value for key, value in values.items() if key not in POLICY_SECTIONS}
         known = set(cls.__dataclass_fields__)
         if unknown := sorted(set(values) - known):
             raise ValueError(f"unknown keys {unknown} in the benefit config; known: {sorted(known)}")

@@ -223,6 +223,30 @@ def check(pairs, scores: Scores, judge: JudgeConfig = JudgeConfig(), config: Che
     return CheckResult(frame, agreement, sets, summary, stats)
 
 
+def judge_answers(prompts: list[str], first: list[str], second: list[str], judge: JudgeConfig = JudgeConfig(), *,
+                  cache: str | os.PathLike | None = None, api_key: str | None = None,
+                  progress: bool = False) -> tuple[list[str], RunStats]:
+    """The judge's verdict on each (prompt, first answer, second answer), asked in both orders as
+    :func:`check` asks: ``"chosen"`` (the first is better), ``"rejected"`` (the second is),
+    ``"tie"``, or ``"invalid"`` / ``"error"`` / ``"pending"`` (budget); with the run's stats."""
+    frame = {"prompt": list(prompts), "chosen": list(first), "rejected": list(second)}
+    model = model_identity(judge)
+    ab, ba = build_requests(frame, judge, model)
+    store = JudgeCache(cache or default_cache_path())
+    try:
+        answers, stats, errors = run_requests([r for pair in zip(ab, ba) for r in pair], judge, store, model=model,
+                                              template=load_template(judge.template), api_key=api_key,
+                                              progress=progress)
+    finally:
+        store.close()
+
+    def verdict(request) -> str | None:
+        answer = answers.get(request.key)
+        return answer.verdict if answer else ("error" if request.key in errors else None)
+
+    return [combine(verdict(a), verdict(b)) for a, b in zip(ab, ba)], stats
+
+
 def combine(verdict_ab: str | None, verdict_ba: str | None) -> str:
     """The pair's verdict from its two raw verdicts (``ab``: chosen shown as A)."""
     if "error" in (verdict_ab, verdict_ba):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .strength import decile_table
@@ -54,9 +56,10 @@ def strength_by_decile(strength_mean: np.ndarray, strength_std: np.ndarray):
 
 
 def save(figure, path) -> None:
-    """Write a figure to ``path`` and close it."""
+    """Write a figure to ``path`` (its folder made where missing) and close it."""
     import matplotlib.pyplot as plt
 
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
@@ -180,5 +183,73 @@ def ppo_curves(metrics: list[dict]):
             axis.axhline(metrics[0]["reference_perplexity"], color="grey", linewidth=1)
         axis.set_title(label, fontsize=9)
         axis.set_xlabel("update", fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def bon_curves(record: dict):
+    """Gold reward against KL of best-of-n, one line per arm with its 95% interval band, and the
+    SFT policy's reward as a horizontal line (the downstream best-of-n stage)."""
+    plt = pyplot()
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for arm in record["arms"]:
+        if arm["name"] == "sft":
+            axis.axhline(arm["gold_reward"]["mean"], color="grey", linewidth=1, label="sft (n = 1)")
+            continue
+        kl = [point["kl"] for point in arm["curve"]]
+        rewards = [point["gold_reward"] for point in arm["curve"]]
+        style = {"linestyle": "--"} if arm["name"] in ("gold", "oracle") else {}
+        line, = axis.plot(kl, [r["mean"] for r in rewards], marker="o", label=arm["name"], **style)
+        axis.fill_between(kl, [r["low"] for r in rewards], [r["high"] for r in rewards], color=line.get_color(),
+                          alpha=0.12)
+    axis.set_xlabel("KL to the SFT policy, log n − (n − 1)/n (nats)")
+    axis.set_ylabel("gold reward of the pick")
+    axis.set_title("best-of-n: each proxy picks, the gold model scores")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def downstream_ppo_curves(record: dict):
+    """The paper's figure 9 per arm: proxy reward, KL to the reference, perplexity and response
+    length against the PPO update (the downstream PPO stage)."""
+    plt = pyplot()
+
+    figure, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+    labels = {"reward_mean": "proxy reward (raw)", "kl_k1": "KL to reference (k1)",
+              "perplexity": "held-out perplexity", "response_length": "response length (tokens)"}
+    for arm in record["arms"]:
+        curves = arm.get("curves")
+        if not curves:
+            continue
+        for axis, key in zip(axes, labels):
+            axis.plot(curves["update"], curves[key], label=arm["name"],
+                      **({"linestyle": "--"} if arm["name"] == "oracle" else {}))
+    for axis, (key, label) in zip(axes, labels.items()):
+        axis.set_title(label, fontsize=9)
+        axis.set_xlabel("update", fontsize=8)
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def win_tie_lose(record: dict):
+    """The paper's figure 10: each arm's win / tie / lose share against the SFT policy in gold
+    reward, as stacked bars."""
+    plt = pyplot()
+
+    arms = [arm for arm in record["arms"] if arm["name"] != "sft"]
+    figure, axis = plt.subplots(figsize=(7, 0.5 * len(arms) + 1.2))
+    names = [arm["name"] for arm in arms]
+    left = np.zeros(len(arms))
+    for key, colour in (("win", "#55A868"), ("tie", "#BBBBBB"), ("lose", "#C44E52")):
+        values = np.array([arm[key] for arm in arms])
+        axis.barh(names, values, left=left, color=colour, label=key)
+        left += values
+    axis.set_xlim(0, 1)
+    axis.set_xlabel("share of held-out answers against the SFT policy's (gold reward)")
+    axis.invert_yaxis()
+    axis.legend(fontsize=7, ncol=3, loc="lower right")
     figure.tight_layout()
     return figure

@@ -169,10 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="--stage rm: split the pairs into train and clean test parts, plant label flips in the "
         "train part, score it, apply every denoiser and train a reward model per denoiser (plus no "
         "denoising and an oracle); write the clean-test accuracies (denoise_benefit.json/.md/.png). "
-        "CONFIG is a JSON file (see experiments/benefit_hh.json).",
+        "--stage bon: hold out prompts, sample the SFT policy n times on each, train a gold reward model on "
+        "the clean labels and proxies on planted flips (none, each denoiser, the oracle); each proxy picks its "
+        "best of n and the gold model scores the pick (bon.json/.md, plots/bon.png). --stage ppo: the same "
+        "proxies each train a policy with PPO from the SFT policy; the gold model scores each final policy's "
+        "answers to the held-out prompts against the SFT policy's (ppo.json/.md, plots/ppo_*.png). "
+        "CONFIG is a JSON file (see experiments/benefit_hh.json and experiments/downstream_smoke.json).",
     )
-    compare.add_argument("config", metavar="CONFIG", help="a JSON benefit config")
-    compare.add_argument("--stage", choices=("rm",), default="rm", help="what to compare (rm: reward models)")
+    compare.add_argument("config", metavar="CONFIG", help="a JSON experiment config")
+    compare.add_argument("--stage", choices=("rm", "bon", "ppo"), default="rm",
+                         help="what to compare (rm: reward models; bon: best-of-n policies and ppo: PPO policies, "
+                              "each against a gold model)")
     compare.add_argument("--seeds", type=int, default=None, help="override the config's seed count")
     compare.add_argument("--out", metavar="DIR", default="compare", help="output folder (default: compare)")
     compare.set_defaults(run=runners.run_compare)

@@ -18,6 +18,8 @@ from ..check import CheckConfig, check as check_pairs, estimate, estimate_text, 
 from ..check import write_check
 from ..data.describe import describe_pairs, summary_text as inspect_summary_text
 from ..data.pairs import load_pairs, recorded_source, split_invalid
+from ..downstream import (best_of_n, bon_markdown, policy_stage, ppo_markdown, read_downstream_config, write_bon,
+                          write_policy_stage)
 from ..denoise import DenoiseConfig, apply_actions, denoise_summary, summary_text as denoise_summary_text
 from ..export import write_denoised
 from ..judge import JudgeConfig, JudgeError, price_for, read_price_table
@@ -139,6 +141,8 @@ def load_training_data(data: str, loading: dict[str, Any]):
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    if args.stage in ("bon", "ppo"):
+        return run_policy_stage(args)
     config = read_benefit_config(args.config)
     if args.seeds is not None:
         config = replace(config, seeds=args.seeds)
@@ -152,6 +156,21 @@ def run_compare(args: argparse.Namespace) -> int:
     n_pairs = len(benefit_pairs(pairs, config))
     written = write_benefit(records, config, args.out, n_pairs)
     print(benefit_markdown(records, config, n_pairs))
+    print(_wrote(written))
+    return 0
+
+
+def run_policy_stage(args: argparse.Namespace) -> int:
+    config = read_downstream_config(args.config)
+    if args.seeds is not None:
+        config = replace(config, benefit=replace(config.benefit, seeds=args.seeds))
+    pairs = load_benefit_pairs(config.benefit)
+    run, write, markdown = ((best_of_n, write_bon, bon_markdown) if args.stage == "bon" else
+                            (policy_stage, write_policy_stage, ppo_markdown))
+    record = run(pairs, config, out=args.out, cache_dir=args.cache_dir, progress=not args.quiet,
+                 report=None if args.quiet else lambda text: print(text, flush=True))
+    written = write(record, args.out)
+    print(markdown(record))
     print(_wrote(written))
     return 0
 
@@ -182,4 +201,4 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["judge_config", "load_training_data", "run_audit", "run_check", "run_compare", "run_denoise", "run_inspect", "run_ppo", "run_score", "run_serve", "run_train_rm"]
+__all__ = ["judge_config", "load_training_data", "run_audit", "run_check", "run_compare", "run_denoise", "run_inspect", "run_policy_stage", "run_ppo", "run_score", "run_serve", "run_train_rm"]

@@ -308,6 +308,8 @@ def perplexity(model, rollout) -> float | None:
 
 def describe_reward_model(reward_model: Any) -> dict[str, Any]:
     """What a reward model is, for the summary and the resume check."""
+    if hasattr(reward_model, "describe"):  # a model that says it itself (rmclean.downstream.RoutedHeads)
+        return reward_model.describe()
     if hasattr(reward_model, "training"):  # a HeadRewardModel
         return {"kind": "head", "training": reward_model.training,
                 "weights": _digest(np.asarray(reward_model.feature_mean).round(6).tolist())}

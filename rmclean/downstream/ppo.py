@@ -1,0 +1,220 @@
+"""PPO against each proxy, judged by the gold model (``rmclean compare --stage ppo CONFIG``):
+the paper's figures 9 and 10 on a synthetic gold.
+
+Every arm's proxy (one seed, ``ppo.seed``) trains a policy from the same SFT policy with the
+same :class:`rmclean.train.ppo.PPOConfig` on the training pairs' prompts. Each final policy, and
+the SFT policy itself, answers the held-out prompts ``eval_samples`` times with the paper's
+evaluation settings (T 0.8, top-p 0.9, repetition penalty 1.1), and the gold model scores the
+answers: gold reward with a 95% bootstrap interval over prompts, and win / tie / lose against
+the SFT policy's answers and against the ``noisy`` arm's (a gold difference within ``tie`` gold
+standard deviations of the SFT answers is a tie). KL to the reference, perplexity, response
+length, EOS and repetition rates are the last 10 updates' means of each run's ``metrics.jsonl``.
+
+Each arm's run lives in ``out/ppo/<arm>-<digest>/``, named by everything it depends on (the
+proxy's weights, the PPO settings, the prompts): a changed config trains only the arms it
+changes, more ``updates`` continue each run from its last checkpoint, a killed run resumes,
+and a rerun with nothing changed trains and samples nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..check import judge_answers
+from ..configs import to_record
+from ..features.views import feature_views
+from ..judge import JudgeConfig, JudgeError, resolve_api_key
+from ..train.ppo import RESUMABLE, train_ppo, write_ppo
+from ..train.rollout import EVAL_SAMPLING
+from .bon import compare, interval, resample_prompts
+from .config import DownstreamConfig
+from .design import (
+    design_record,
+    design_text,
+    gold_model,
+    hh_response,
+    make_design,
+    proxy_arms,
+    sample_prompts,
+)
+
+#: Metrics of a PPO run averaged over its last updates, as ``metrics.jsonl`` names them.
+RUN_METRICS = ("reward_mean", "kl_k1", "kl_k3", "perplexity", "reference_perplexity", "response_length", "eos_rate",
+               "repetition_rate")
+#: Curves of each run kept for the figure-9 plot.
+CURVES = ("reward_mean", "kl_k1", "perplexity", "response_length")
+LAST_UPDATES = 10
+
+
+def policy_stage(pairs, config: DownstreamConfig = DownstreamConfig(), *, out: str | os.PathLike, cache_dir=None,
+                 progress: bool = True, report: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the PPO comparison on ``pairs``; returns its record ``{"arms": [{"name",
+    "gold_reward": {"mean", "low", "high"}, "kl", "win", "tie", "lose", "vs_noisy", ...}]}``
+    with ``sft`` first. Runs and samples go to ``out``."""
+    stage, settings = config.ppo, config.downstream
+    ppo_config = stage.ppo
+    out = Path(out)
+    say = report or (lambda _: None)
+    if stage.judge is not None:  # a judge that cannot be asked fails before any model work
+        resolve_api_key(stage.judge)
+        if stage.judge.max_cost is not None and stage.judge.unit_price() is None:
+            raise JudgeError(f"ppo.judge.max_cost needs the price of {stage.judge.model_name!r}: set ppo.judge.price")
+    design = make_design(pairs, config)
+    train_prompts = design.train_prompts()
+    say(f"{len(design.valid):,} valid pairs: {design.train.size:,} train the reward models ({len(train_prompts):,} "
+        f"distinct prompts for PPO), {len(design.heldout)} held-out prompts for the gold model")
+    gold_score, gold_accuracy = gold_model(design, config, cache_dir=cache_dir, progress=progress)
+    views = feature_views(design.valid, config.benefit.score.features, cache_dir=cache_dir, progress=progress)
+    arms = proxy_arms(design, views, config, ppo_config.seed)
+    names = list(stage.arms or config.arms)
+
+    def answers(policy: str, folder: Path) -> list[list[str]]:
+        return sample_prompts(design.heldout, folder / "eval.jsonl", policy=policy, samples=stage.eval_samples,
+                              max_new_tokens=ppo_config.max_new_tokens, max_prompt_tokens=ppo_config.max_prompt_tokens,
+                              generation_batch=32, cache_dir=cache_dir, progress=progress, **EVAL_SAMPLING)
+
+    def gold_of(samples: list[list[str]]) -> np.ndarray:
+        flat = [(p, hh_response(s)) for p, row in zip(design.heldout, samples) for s in row]
+        return np.asarray(gold_score([p for p, _ in flat], [s for _, s in flat]), dtype=np.float64).reshape(
+            len(design.heldout), -1)
+
+    sft_answers = answers(ppo_config.policy, out / "sft")
+    gold = {"sft": gold_of(sft_answers)}
+    runs: dict[str, dict[str, Any]] = {}
+    for name in names:
+        model, accuracy = arms[name]
+        settings_record = {k: v for k, v in to_record(ppo_config).items() if k not in RESUMABLE}  # more updates resume
+        run = out / "ppo" / f"{_slug(name)}-{_digest(model.describe(), settings_record, train_prompts)}"
+        if not _finished(run, ppo_config.updates):
+            say(f"{name}: PPO for {ppo_config.updates} updates in {run}")
+            result = train_ppo(train_prompts, model, ppo_config, out=run, cache_dir=cache_dir, progress=progress)
+            write_ppo(result, run)
+            del result
+        arm_answers = answers(str(run / "policy"), run)
+        gold[name] = gold_of(arm_answers)
+        runs[name] = {"run": str(run), "proxy_accuracy": accuracy, **_run_metrics(run)}
+        if stage.judge is not None:
+            runs[name]["judge"] = judged(design.heldout, arm_answers, sft_answers, stage.judge, out / "judge.sqlite",
+                                         progress)
+        say(f"{name}: gold reward {gold[name].mean():.4f} (SFT {gold['sft'].mean():.4f}), KL k1 {runs[name]['kl_k1']:.3f}")
+    band = settings.tie * float(gold["sft"].std())
+    record = ppo_record(gold, runs, band, settings.resamples)
+    record.update({**design_record(config, design, gold_accuracy, band, "ppo"), "train_prompts": len(train_prompts)})
+    return record
+
+
+def ppo_record(gold: dict[str, np.ndarray], runs: dict[str, dict[str, Any]], band: float,
+               resamples: int = 1000) -> dict[str, Any]:
+    """The ``arms`` table from each arm's gold rewards ``(prompts, eval samples)`` (``sft``
+    among them) and its run's metrics; ``gain_over_sft`` / ``gain_over_noisy``: the gold reward
+    difference with a paired interval (the same prompts resampled)."""
+    n_prompts = gold["sft"].shape[0]
+    resampled = resample_prompts(n_prompts, resamples, seed=43)
+
+    def versus(name: str, other: str) -> dict[str, float]:
+        mine, theirs = gold[name], gold[other]
+        joined = np.hstack([mine, theirs])
+        weights = np.hstack([np.full_like(mine, 1 / mine.shape[1]), np.zeros_like(theirs)])
+        other_weights = np.hstack([np.zeros_like(mine), np.full_like(theirs, 1 / theirs.shape[1])])
+        win, tie, lose = compare(joined, weights, other_weights, band).mean(axis=0)
+        return {"win": float(win), "tie": float(tie), "lose": float(lose)}
+
+    table = []
+    for name, rewards in gold.items():
+        run = runs.get(name, {})
+        gains = {f"gain_over_{other}": interval(rewards.mean(axis=1) - gold[other].mean(axis=1), resampled)
+                 for other in ("sft", "noisy") if other in gold}
+        table.append({"name": name, "gold_reward": interval(rewards.mean(axis=1), resampled), **gains,
+                      "kl": run.get("kl_k1", 0.0), **versus(name, "sft"),
+                      "vs_noisy": versus(name, "noisy") if "noisy" in gold else None,
+                      **{key: value for key, value in run.items() if key != "kl_k1"}})
+    return {"arms": table, "tie_band": band,
+            "note": "sft is the SFT policy itself; kl is k1 per response over the last updates of each run"}
+
+
+def judged(prompts: list[str], answers: list[list[str]], sft_answers: list[list[str]], judge: JudgeConfig,
+           cache: Path, progress: bool) -> dict[str, float]:
+    """The judge's win / tie / lose shares of ``answers`` against the SFT policy's (answer j
+    against answer j of the same prompt, both orders); ``undecided``: invalid, failed or left
+    by the budget."""
+    flat = [(p, a, b) for p, mine, theirs in zip(prompts, answers, sft_answers) for a, b in zip(mine, theirs)]
+    verdicts, stats = judge_answers([p for p, _, _ in flat], [a for _, a, _ in flat], [b for _, _, b in flat], judge,
+                                    cache=cache, progress=progress)
+    shares = {key: float(np.mean([v == verdict for v in verdicts]))
+              for key, verdict in (("win", "chosen"), ("tie", "tie"), ("lose", "rejected"))}
+    return {**shares, "undecided": 1.0 - sum(shares.values()), "requests": stats.requests}
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9+]+", "-", name.lower()).strip("-")
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _finished(run: Path, updates: int) -> bool:
+    """Whether ``run`` holds a written policy after all ``updates``."""
+    summary = run / "summary.json"
+    return ((run / "policy" / "config.json").is_file() and summary.is_file()
+            and json.loads(summary.read_text()).get("updates") == updates)
+
+
+def _run_metrics(run: Path) -> dict[str, Any]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    last = rows[-LAST_UPDATES:]
+    return {**{key: float(np.mean([row[key] for row in last])) for key in RUN_METRICS},
+            "curves": {key: [row[key] for row in rows] for key in ("update", *CURVES)}}
+
+
+def ppo_markdown(record: dict[str, Any]) -> str:
+    """The ``arms`` table of the PPO stage as Markdown."""
+    ppo = record["config"]["ppo"]
+    lines = [f"PPO per arm from `{ppo['policy']}`: {ppo['updates']} updates × {ppo['batch_size']} episodes × "
+             f"{ppo['max_new_tokens']} new tokens, β {ppo['beta']:g}, seed {ppo['seed']}, on {record['train_prompts']:,} "
+             f"training prompts; {design_text(record)}. Each policy answers {record['heldout_prompts']} held-out "
+             f"prompts {ppo['eval_samples']} time(s) (T 0.8, top-p 0.9, repetition penalty 1.1).", "",
+             "| arm | proxy accuracy | gold reward [95%] | gain over noisy (paired 95%) | win / tie / lose vs SFT | "
+             "vs noisy | KL k1 | perplexity | length | EOS rate |", "|---|---:|---|---|---|---|---:|---:|---:|---:|"]
+    for arm in record["arms"]:
+        reward, noisy = arm["gold_reward"], arm["vs_noisy"]
+        accuracy = f"{arm['proxy_accuracy']:.3f}" if "proxy_accuracy" in arm else ""
+        versus_noisy = "" if noisy is None or arm["name"] == "noisy" else \
+            f"{noisy['win']:.2f} / {noisy['tie']:.2f} / {noisy['lose']:.2f}"
+        run = (f"{arm['kl']:.3f} | {arm['perplexity']:.2f} | {arm['response_length']:.1f} | {arm['eos_rate']:.2f}"
+               if "perplexity" in arm else "0 | | |")
+        gain = arm.get("gain_over_noisy")
+        gain = "" if gain is None else f"{gain['mean']:+.4f} [{gain['low']:+.4f}, {gain['high']:+.4f}]"
+        lines.append(f"| {arm['name']} | {accuracy} | {reward['mean']:.4f} [{reward['low']:.4f}, {reward['high']:.4f}] | "
+                     f"{gain} | {arm['win']:.2f} / {arm['tie']:.2f} / {arm['lose']:.2f} | {versus_noisy} | {run} |")
+    judged_arms = [arm for arm in record["arms"] if "judge" in arm]
+    if judged_arms:
+        lines += ["", "The LLM judge against the SFT policy's answers (both orders; undecided: invalid, failed or "
+                  "left by the budget):", "", "| arm | win | tie | lose | undecided |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {arm['name']} | {arm['judge']['win']:.2f} | {arm['judge']['tie']:.2f} | {arm['judge']['lose']:.2f} "
+                  f"| {arm['judge']['undecided']:.2f} |" for arm in judged_arms]
+    return "\n".join(lines) + "\n"
+
+
+def write_policy_stage(record: dict[str, Any], folder: str | os.PathLike) -> list[Path]:
+    """``ppo.json``, ``ppo.md``, ``plots/ppo_curves.png`` (figure 9) and
+    ``plots/ppo_win_tie_lose.png`` (figure 10) into ``folder``."""
+    from .. import plots
+    from ..files import write_results
+
+    folder = Path(folder)
+    written = write_results(folder / "ppo", record, ppo_markdown(record))
+    plots.save(plots.downstream_ppo_curves(record), folder / "plots" / "ppo_curves.png")
+    plots.save(plots.win_tie_lose(record), folder / "plots" / "ppo_win_tie_lose.png")
+    return written + [folder / "plots" / "ppo_curves.png", folder / "plots" / "ppo_win_tie_lose.png"]
+
+
+__all__ = ["policy_stage", "ppo_markdown", "ppo_record", "write_policy_stage"]

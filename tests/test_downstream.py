@@ -1,0 +1,279 @@
+"""The best-of-n downstream comparison (rmclean.downstream): the exact best-of-n expectation,
+win / tie / lose, the held-out split, cached and resumable samples, config errors, and
+``rmclean compare --stage bon`` end to end on a tiny policy and a tiny backbone."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+
+import rmclean
+from rmclean.cli import main
+from rmclean.downstream import (DownstreamConfig, bon_kl, bon_weights, compare, expected_pick, heldout_split,
+                                read_downstream_config, sample_prompts)
+
+
+@pytest.fixture(autouse=True)
+def private_feature_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RMCLEAN_CACHE_DIR", str(tmp_path / "feature-cache"))
+
+
+def test_best_of_n_weights_are_the_exact_expectation_over_subsets():
+    rng = np.random.default_rng(0)
+    proxy, gold = rng.normal(size=(3, 6)), rng.normal(size=(3, 6))
+    for n in (1, 2, 3, 6):
+        assert bon_weights(6, n).sum() == pytest.approx(1.0)
+        brute = np.array([np.mean([gold[p, max(subset, key=lambda i: proxy[p, i])]
+                                   for subset in itertools.combinations(range(6), n)]) for p in range(3)])
+        assert (expected_pick(proxy, gold, n) * gold).sum(1) == pytest.approx(brute)
+    # the gold model as its own proxy: the expected pick only rises with n
+    rewards = [(expected_pick(gold, gold, n) * gold).sum(1).mean() for n in range(1, 7)]
+    assert all(b > a for a, b in zip(rewards, rewards[1:]))
+    assert bon_kl(1) == 0 and bon_kl(16) == pytest.approx(math.log(16) - 15 / 16)
+
+
+def test_win_tie_lose_sum_to_one_and_respect_the_tie_band():
+    gold = np.array([[0.0, 1.0, 2.0]])
+    uniform = np.full((1, 3), 1 / 3)
+    best = np.array([[0.0, 0.0, 1.0]])
+    win, tie, lose = compare(gold, best, uniform, band=0.5)[0]
+    assert (win, tie, lose) == pytest.approx((2 / 3, 1 / 3, 0))
+    assert compare(gold, uniform, uniform, band=0.0)[0] == pytest.approx([1 / 3, 1 / 3, 1 / 3])
+    assert compare(gold, best, uniform, band=5.0)[0] == pytest.approx([0, 1, 0])
+
+
+def test_held_out_prompts_come_from_the_test_part_spread_over_sources_and_leave_training():
+    prompts = [f"p{i % 100}" for i in range(200)]  # each prompt twice
+    sources = np.array(["a" if i % 100 < 50 else "b" for i in range(200)])
+    train, test, heldout = heldout_split(prompts, sources, 6, test_fraction=0.3)
+    assert test.size == 60 and not set(train) & set(test)
+    assert len(set(heldout)) == 6 and sum(int(p[1:]) < 50 for p in heldout) == 3
+    assert set(heldout) <= {prompts[i] for i in test}
+    assert not set(heldout) & {prompts[i] for i in train}
+    with pytest.raises(ValueError, match="downstream.prompts"):
+        heldout_split(prompts, sources, 100)
+
+
+def test_samples_are_cached_resumed_and_refused_from_other_settings(tiny_policy, tmp_path, monkeypatch):
+    import rmclean.train.rollout as rollout
+
+    settings = {"policy": tiny_policy, "samples": 3, "max_new_tokens": 8, "max_prompt_tokens": 64,
+                "generation_batch": 6, "temperature": 1.0}
+    path = tmp_path / "samples.jsonl"
+    prompts = [f"\n\nHuman: question {i}?\n\nAssistant:" for i in range(5)]
+    first = sample_prompts(prompts, path, **settings)
+    assert len(first) == 5 and all(len(row) == 3 for row in first)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # killed mid-write
+    loads = []
+    original = rollout.load_policy
+    monkeypatch.setattr(rollout, "load_policy", lambda *a, **k: loads.append(1) or original(*a, **k))
+    resumed = sample_prompts(prompts, path, **settings)
+    assert loads == [1] and resumed == first  # the same samples as the run never stopped
+    assert sample_prompts(prompts, path, **settings) == resumed and loads == [1]  # a rerun loads no model
+    with pytest.raises(ValueError, match="other settings"):
+        sample_prompts(prompts, path, **{**settings, "max_new_tokens": 9})
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"denoisers": {"x": {"method": "unknown"}}}, "unknown method"),
+    ({"bon": {"samples": 0}}, "bon.samples must be at least 1"),
+    ({"bon": {"colour": 1}}, "bon: unknown BestOfNConfig setting"),
+    ({"ppo": {"beta": -1}}, "beta must be 0 or more"),
+    ({"ppo": {"arms": ["noisy", "flip 10%"]}}, "not arms of this experiment"),
+    ({"downstream": {"rate": 0.5}}, "downstream.rate must lie"),
+    ({"score": {"views": ["transcript"]}, "gold": {"views": ["transcript"]}}, "proxies' features"),
+    ({"score": {"reward_models": ["gold-rm"]}, "gold": "gold-rm"}, "also a proxy"),
+    ({"ppo": {"judge": {"backend": "oracle"}}}, "ppo.judge: judge backend must be one of"),
+])
+def test_bad_configs_are_clear_errors_before_any_model_work(values, message, tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(values))
+    with pytest.raises(ValueError, match=message) as caught:
+        read_downstream_config(path)
+    assert str(path) in str(caught.value)
+
+
+def test_the_rm_stage_reads_the_same_file():
+    from rmclean.benefit import BenefitConfig
+
+    values = {"seeds": 2, "score": {"views": ["transcript"]}, "gold": {"views": ["response"]},
+              "downstream": {"prompts": 8}, "bon": {"samples": 4}, "ppo": {"updates": 3, "arms": ["flip"]}}
+    assert BenefitConfig.from_dict(values).seeds == 2
+    config = DownstreamConfig.from_dict(values)
+    assert config.downstream.prompts == 8 and config.bon.samples == 4 and config.benefit.seeds == 2
+    assert config.ppo.ppo.updates == 3 and config.ppo.ppo.first_turn and config.ppo.arms == ("flip",)
+    assert config.arms == ("noisy", "flip", "margin", "flip+margin", "soft-label+margin", "oracle")
+
+
+def _rows(count):
+    rows = []
+    for i in range(count):
+        good, bad = f" a good and helpful answer about topic {i}", f" a bad rude reply {i}"
+        rows.append({"prompt": f"\n\nHuman: tell me about topic {i}?\n\nAssistant:", "chosen": good, "rejected": bad})
+    return rows
+
+
+def test_compare_stage_bon_end_to_end(tiny_policy, tiny_backbone, tmp_path, monkeypatch):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in _rows(100)))
+    config = {"source": str(data), "seeds": 2,
+              "score": {"backbone": tiny_backbone, "views": ["transcript"], "max_length": 32, "members": 3, "folds": 3},
+              "reward": {"epochs": 20, "learning_rate": 0.01, "weight_decay": 0.0},
+              "gold": {"backbone": tiny_backbone, "views": ["transcript", "response"], "max_length": 32,
+                       "epochs": 20, "learning_rate": 0.01, "weight_decay": 0.0},
+              "downstream": {"prompts": 6, "resamples": 200},
+              "bon": {"samples": 4, "max_new_tokens": 8, "policy": tiny_policy}}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    out = tmp_path / "bon"
+    assert main(["compare", "--stage", "bon", str(path), "--out", str(out), "--quiet"]) == 0
+    record = json.loads((out / "bon.json").read_text())
+    names = [arm["name"] for arm in record["arms"]]
+    assert names == ["sft", "noisy", "flip", "margin", "flip+margin", "soft-label+margin", "oracle", "gold"]
+    arms = {arm["name"]: arm for arm in record["arms"]}
+    for arm in record["arms"]:
+        assert arm["win"] + arm["tie"] + arm["lose"] == pytest.approx(1.0)
+        reward = arm["gold_reward"]
+        assert reward["low"] <= reward["mean"] <= reward["high"]
+    assert [p["n"] for p in arms["noisy"]["curve"]] == [1, 2, 4] and arms["noisy"]["kl"] == pytest.approx(bon_kl(4))
+    # the gold model as its own proxy is the upper bound at every n, and beats SFT
+    for name, arm in arms.items():
+        if name not in ("sft", "gold"):
+            assert all(g["gold_reward"]["mean"] >= p["gold_reward"]["mean"] - 1e-12
+                       for g, p in zip(arms["gold"]["curve"], arm["curve"]))
+    assert arms["gold"]["gold_reward"]["mean"] > arms["sft"]["gold_reward"]["mean"]
+    assert arms["noisy"]["gain_over_noisy"] == {"mean": 0.0, "low": 0.0, "high": 0.0}
+    for arm in record["arms"]:  # the paired gain is the difference of the two means
+        gain = arm["gain_over_noisy"]
+        assert gain["mean"] == pytest.approx(arm["gold_reward"]["mean"] - arms["noisy"]["gold_reward"]["mean"])
+        assert gain["low"] <= gain["mean"] <= gain["high"]
+    assert arms["gold"]["lose"] < arms["gold"]["win"]
+    assert 0.5 <= arms["oracle"]["proxy_accuracy"] <= 1 and record["heldout_prompts"] == 6
+    assert (out / "plots" / "bon.png").stat().st_size > 0 and "| oracle |" in (out / "bon.md").read_text()
+    # nothing changed: the rerun samples nothing (no policy is loaded) and gives the same table
+    import rmclean.train.rollout as rollout
+
+    monkeypatch.setattr(rollout, "load_policy", lambda *a, **k: pytest.fail("the rerun loaded the policy"))
+    samples_before = (out / "samples.jsonl").read_text()
+    assert main(["compare", "--stage", "bon", str(path), "--out", str(out), "--quiet"]) == 0
+    assert (out / "samples.jsonl").read_text() == samples_before
+    assert json.loads((out / "bon.json").read_text())["arms"] == record["arms"]
+
+
+def test_too_few_prompts_is_an_error_before_sampling(tiny_backbone, tmp_path):
+    from rmclean.downstream import best_of_n
+
+    config = DownstreamConfig.from_dict({"score": {"backbone": tiny_backbone, "views": ["transcript"]},
+                                         "gold": {"backbone": tiny_backbone, "views": ["response"]},
+                                         "downstream": {"prompts": 20}, "bon": {"policy": "/no/such/policy"}})
+    with pytest.raises(ValueError, match="downstream.prompts"):
+        best_of_n(rmclean.load_pairs(_rows(20)), config, out=tmp_path)
+
+
+def test_compare_stage_ppo_trains_each_arm_once_and_judges_it_with_the_gold_model(tiny_policy, tiny_backbone,
+                                                                                   tmp_path, monkeypatch):
+    import rmclean.downstream.ppo as stage
+    import rmclean.train.rollout as rollout
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in _rows(100)))
+    config = {"source": str(data), "seeds": 1,
+              "score": {"backbone": tiny_backbone, "views": ["transcript"], "max_length": 32, "members": 3, "folds": 3},
+              "reward": {"epochs": 20, "learning_rate": 0.01, "weight_decay": 0.0},
+              "gold": {"backbone": tiny_backbone, "views": ["transcript", "response"], "max_length": 32,
+                       "epochs": 20, "learning_rate": 0.01, "weight_decay": 0.0},
+              "downstream": {"prompts": 6, "resamples": 200},
+              "ppo": {"arms": ["noisy", "oracle"], "policy": tiny_policy, "updates": 3, "batch_size": 4,
+                      "policy_lr": 1e-2, "critic_lr": 1e-2,
+                      "max_new_tokens": 8, "eval_prompts": 2, "critic_warmup": 1, "eval_samples": 2}}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    out = tmp_path / "ppo"
+    trained = []
+    original = stage.train_ppo
+    monkeypatch.setattr(stage, "train_ppo", lambda prompts, model, *a, **k: trained.append(model.describe()["weights"])
+                        or original(prompts, model, *a, **k))
+    assert main(["compare", "--stage", "ppo", str(path), "--out", str(out), "--quiet"]) == 0
+    record = json.loads((out / "ppo.json").read_text())
+    arms = {arm["name"]: arm for arm in record["arms"]}
+    assert list(arms) == ["sft", "noisy", "oracle"] and len(set(trained)) == 2
+    for arm in record["arms"]:
+        assert arm["win"] + arm["tie"] + arm["lose"] == pytest.approx(1.0)
+        assert arm["gold_reward"]["low"] <= arm["gold_reward"]["mean"] <= arm["gold_reward"]["high"]
+    assert arms["sft"]["kl"] == 0 and arms["sft"]["win"] == pytest.approx(arms["sft"]["lose"])  # SFT against itself
+    assert arms["noisy"]["vs_noisy"]["win"] == pytest.approx(arms["noisy"]["vs_noisy"]["lose"])
+    assert arms["oracle"]["gain_over_sft"]["mean"] == pytest.approx(
+        arms["oracle"]["gold_reward"]["mean"] - arms["sft"]["gold_reward"]["mean"])
+    assert arms["oracle"]["kl"] > 0 and len(arms["oracle"]["curves"]["kl_k1"]) == 3
+    assert 0 <= arms["oracle"]["proxy_accuracy"] <= 1 and arms["oracle"]["perplexity"] > 1
+    runs = sorted(p.name for p in (out / "ppo").iterdir())
+    answers = {run: (out / "ppo" / run / "eval.jsonl").read_text().splitlines()[1:] for run in runs}
+    sft_answers = (out / "sft" / "eval.jsonl").read_text().splitlines()[1:]
+    assert all(lines != sft_answers and len(lines) == 6 for lines in answers.values())  # trained policies answer
+    assert len(runs) == 2 and all((out / "ppo" / run / "policy" / "config.json").exists() for run in runs)
+    for name in ("ppo.md", "plots/ppo_curves.png", "plots/ppo_win_tie_lose.png"):
+        assert (out / name).stat().st_size > 0
+    # nothing changed: no training, no sampling, the same table
+    monkeypatch.setattr(rollout, "load_policy", lambda *a, **k: pytest.fail("the rerun loaded a policy"))
+    assert main(["compare", "--stage", "ppo", str(path), "--out", str(out), "--quiet"]) == 0
+    assert len(trained) == 2 and json.loads((out / "ppo.json").read_text())["arms"] == record["arms"]
+    # one more arm: only it trains
+    monkeypatch.undo()
+    monkeypatch.setenv("RMCLEAN_CACHE_DIR", str(tmp_path / "feature-cache"))
+    monkeypatch.setattr(stage, "train_ppo", lambda prompts, model, *a, **k: trained.append(model.describe()["weights"])
+                        or original(prompts, model, *a, **k))
+    config["ppo"]["arms"] = ["noisy", "flip", "oracle"]
+    path.write_text(json.dumps(config))
+    assert main(["compare", "--stage", "ppo", str(path), "--out", str(out), "--quiet"]) == 0
+    assert len(trained) == 3 and len(list((out / "ppo").iterdir())) == 3
+
+
+def test_ppo_stage_asks_the_llm_judge_both_orders_once_and_refuses_a_judge_without_a_key(
+        tiny_policy, tiny_backbone, tmp_path, monkeypatch):
+    from judge_server import JudgeServer
+
+    from rmclean.downstream import policy_stage
+    from rmclean.judge import JudgeError
+
+    rows = _rows(60)
+    config = {"score": {"backbone": tiny_backbone, "views": ["transcript"], "max_length": 32, "members": 3, "folds": 3},
+              "gold": {"backbone": tiny_backbone, "views": ["response"], "max_length": 32},
+              "downstream": {"prompts": 4, "resamples": 50},
+              "ppo": {"arms": ["noisy"], "policy": tiny_policy, "updates": 2, "batch_size": 4, "max_new_tokens": 6,
+                      "policy_lr": 3e-2, "eval_prompts": 2, "critic_warmup": 0, "eval_samples": 2}}
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    remote = DownstreamConfig.from_dict({**config, "ppo": {**config["ppo"], "judge": {"base_url": "https://api.example.com/v1"}}})
+    with pytest.raises(JudgeError, match="OPENAI_API_KEY"):  # before any model work: no folder is written
+        policy_stage(rmclean.load_pairs(rows), remote, out=tmp_path / "remote", progress=False)
+    assert not (tmp_path / "remote").exists()
+    with JudgeServer() as server:
+        judged = DownstreamConfig.from_dict({**config, "ppo": {**config["ppo"], "judge": {
+            "base_url": server.url, "model": "judge-test", "concurrency": 2}}})
+        record = policy_stage(rmclean.load_pairs(rows), judged, out=tmp_path / "out", progress=False)
+        sent = len(server.log)
+        verdicts = record["arms"][1]["judge"]
+        pairs = [(p, a, b) for p, mine, theirs in zip(sorted(record_prompts(tmp_path / "out")), *answer_rows(tmp_path / "out"))
+                 for a, b in zip(mine, theirs)]
+        asked = {(p, a.strip(), b.strip()) for p, a, b in pairs} | {(p, b.strip(), a.strip()) for p, a, b in pairs}
+        assert sent == len(asked) > 4  # every (prompt, answer, SFT answer) in both orders, each request once
+        assert verdicts["win"] + verdicts["tie"] + verdicts["lose"] + verdicts["undecided"] == pytest.approx(1.0)
+        policy_stage(rmclean.load_pairs(rows), judged, out=tmp_path / "out", progress=False)
+        assert len(server.log) == sent  # the answers are cached
+
+
+def answer_rows(out):
+    """The noisy policy's and the SFT policy's held-out answers, prompt by prompt (sorted)."""
+    def rows(path):
+        lines = [json.loads(line) for line in path.read_text().splitlines()[1:]]
+        return [row["samples"] for row in sorted(lines, key=lambda row: row["prompt"])]
+    run = next((out / "ppo").iterdir())
+    return rows(run / "eval.jsonl"), rows(out / "sft" / "eval.jsonl")
+
+
+def record_prompts(out):
+    return [json.loads(line)["prompt"] for line in (out / "sft" / "eval.jsonl").read_text().splitlines()[1:]]
