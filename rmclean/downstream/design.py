@@ -109,7 +109,7 @@ class RoutedHeads:
 class Design:
     """The pairs and their split: ``prompts`` per valid pair (first turn where set), pair
     indices ``train`` / ``test``, the ``heldout`` prompts, the training ``groups`` (indices into
-    ``train``), the test pairs of each group, and each prompt's group."""
+    ``train``), and each prompt's group (``route``)."""
 
     valid: Any
     prompts: list[str]
@@ -118,7 +118,6 @@ class Design:
     test: np.ndarray
     heldout: list[str]
     groups: dict[str, np.ndarray]
-    test_groups: dict[str, np.ndarray]
     route: dict[str, str]
 
     def routed(self, heads: dict[str, HeadRewardModel]) -> RoutedHeads:
@@ -140,8 +139,7 @@ def make_design(pairs, config: DownstreamConfig) -> Design:
     group_of_source = {str(s): name for name, index in groups.items() for s in np.unique(sources[train][index])}
     default = next(iter(groups))
     route = {p: group_of_source.get(str(s), default) for p, s in zip(prompts, sources)}
-    test_groups = {name: np.flatnonzero([route[prompts[i]] == name for i in test]) for name in groups}
-    return Design(valid, prompts, sources, train, test, heldout, groups, test_groups, route)
+    return Design(valid, prompts, sources, train, test, heldout, groups, route)
 
 
 def train_routed(design: Design, views, config: RewardTrainConfig, **labels) -> RoutedHeads:
@@ -158,7 +156,7 @@ def train_routed(design: Design, views, config: RewardTrainConfig, **labels) -> 
     return design.routed(heads)
 
 
-def test_accuracy(model: RoutedHeads, design: Design, test_views) -> float:
+def clean_test_accuracy(model: RoutedHeads, design: Design, test_views) -> float:
     """Share of the clean test pairs whose chosen response gets the higher reward."""
     chosen, rejected = np.hstack([c for c, _ in test_views]), np.hstack([r for _, r in test_views])
     groups = model.groups_of([design.prompts[i] for i in design.test])
@@ -180,7 +178,7 @@ def proxy_arms(design: Design, views, config: DownstreamConfig, seed: int) -> di
 
     def arm(arm_views, arm_config: RewardTrainConfig, **labels) -> tuple[RoutedHeads, float]:
         model = train_routed(design, arm_views, arm_config, **labels)
-        return model, test_accuracy(model, design, test_views)
+        return model, clean_test_accuracy(model, design, test_views)
 
     arms = {"noisy": arm(noisy, reward_config)}
     member_margins = view_margins(noisy, design.groups, replace(benefit.score, seed=seed).head_config())
@@ -200,7 +198,7 @@ def gold_model(design: Design, config: DownstreamConfig, *, cache_dir=None, prog
     if isinstance(config.gold, RewardTrainConfig):
         views = feature_views(design.valid, config.gold.features, cache_dir=cache_dir, progress=progress)
         model = train_routed(design, [(c[design.train], r[design.train]) for c, r in views], config.gold)
-        accuracy = test_accuracy(model, design, [(c[design.test], r[design.test]) for c, r in views])
+        accuracy = clean_test_accuracy(model, design, [(c[design.test], r[design.test]) for c, r in views])
 
         def score(prompts, responses):  # samples stay in the feature cache: a rerun reads them
             return model.reward(prompts, responses, cache_dir=cache_dir, progress=progress, store=True)
@@ -306,5 +304,5 @@ def design_text(record: dict[str, Any]) -> str:
             f"is on the {record['test_pairs']:,} clean test pairs; tie band {record['tie_band']:.4f} (gold reward)")
 
 
-__all__ = ["Design", "RoutedHeads", "design_record", "design_text", "gold_model", "heldout_split", "hh_response", "make_design", "proxy_arms",
-           "sample_features", "sample_prompts", "test_accuracy", "train_routed"]
+__all__ = ["Design", "RoutedHeads", "clean_test_accuracy", "design_record", "design_text", "gold_model", "heldout_split", "hh_response", "make_design", "proxy_arms",
+           "sample_features", "sample_prompts", "train_routed"]
