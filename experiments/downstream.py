@@ -57,7 +57,8 @@ def main() -> None:
     stem = f"downstream_{args.stage}"
     write_results(RESULTS / stem, record, text)
     for plot in (path for path in written if path.suffix == ".png"):
-        shutil.copy(plot, RESULTS / f"{stem}{'' if plot.stem in ('bon', 'ppo') else '_' + plot.stem}.png")
+        name = plot.stem.removeprefix(f"{args.stage}_")  # bon.png, ppo_curves.png -> downstream_bon.png, ..._curves.png
+        shutil.copy(plot, RESULTS / f"{stem}{'' if name == args.stage else '_' + name}.png")
     print(text)
 
 
