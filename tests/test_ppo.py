@@ -229,3 +229,20 @@ def test_a_critic_of_its_own_and_several_minibatches(tiny_policy, tmp_path):
     assert np.isfinite(last["value_loss"]) and result.metrics[0]["value_loss"] > 0
     with pytest.raises(ValueError, match="critic must be one of copy, head"):
         PPOConfig(critic="twin")
+
+
+def test_a_head_trained_on_other_labels_is_another_reward_model_to_resume_against():
+    """The resume check tells reward heads apart by their weights, not only their features'
+    standardization (which flipping labels leaves unchanged)."""
+    from rmclean.train.ppo import describe_reward_model
+    from rmclean.train.reward import RewardTrainConfig, train_head
+
+    rng = np.random.default_rng(0)
+    chosen, rejected = rng.normal(size=(64, 8)) + 0.5, rng.normal(size=(64, 8))
+    config = RewardTrainConfig(epochs=5)
+    first, _ = train_head(chosen, rejected, config)
+    again, _ = train_head(chosen, rejected, config)
+    flipped, _ = train_head(rejected, chosen, config)
+    assert np.allclose(first.feature_mean, flipped.feature_mean)
+    assert describe_reward_model(first) == describe_reward_model(again)
+    assert describe_reward_model(first)["weights"] != describe_reward_model(flipped)["weights"]

@@ -93,13 +93,8 @@ class RoutedHeads:
 
     def describe(self) -> dict[str, Any]:
         """What the model is, for a PPO run's summary and resume check."""
-        digest = hashlib.sha256()
-        for name in sorted(self.heads):
-            head = self.heads[name]
-            digest.update(name.encode())
-            digest.update(np.asarray(head.feature_mean).round(6).tobytes())
-            for tensor in head.module.state_dict().values():
-                digest.update(tensor.detach().cpu().numpy().round(6).tobytes())
+        digest = hashlib.sha256("".join(f"{name}:{self.heads[name].fingerprint()};" for name in sorted(self.heads))
+                                .encode())
         head = self.heads[self.default]
         return {"kind": "routed heads", "groups": sorted(self.heads), "training": head.training,
                 "weights": digest.hexdigest()[:16]}

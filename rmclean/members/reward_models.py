@@ -15,6 +15,7 @@ the RL trainers call):
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -82,6 +83,15 @@ class HeadRewardModel:
         prompts, responses = _as_lists(prompts, responses)
         return self.reward_of_features(self.feature_matrix(prompts, responses, cache_dir=cache_dir,
                                                            progress=progress, store=store))
+
+    def fingerprint(self) -> str:
+        """A digest of what the model computes: its standardization and its head's weights
+        (rounded to 6 decimals), so two heads trained on different labels never share one."""
+        digest = hashlib.sha256()
+        for array in (self.feature_mean, self.feature_scale,
+                      *(tensor.detach().cpu().numpy() for tensor in self.module.state_dict().values())):
+            digest.update(np.asarray(array, dtype=np.float64).round(6).tobytes())
+        return digest.hexdigest()[:16]
 
     def save(self, folder: str | os.PathLike) -> Path:
         import torch

@@ -311,8 +311,7 @@ def describe_reward_model(reward_model: Any) -> dict[str, Any]:
     if hasattr(reward_model, "describe"):  # a model that says it itself (rmclean.downstream.RoutedHeads)
         return reward_model.describe()
     if hasattr(reward_model, "training"):  # a HeadRewardModel
-        return {"kind": "head", "training": reward_model.training,
-                "weights": _digest(np.asarray(reward_model.feature_mean).round(6).tolist())}
+        return {"kind": "head", "training": reward_model.training, "weights": reward_model.fingerprint()}
     if hasattr(reward_model, "folder"):
         return {"kind": "hf", "folder": str(reward_model.folder), "max_length": getattr(reward_model, "max_length", None)}
     name = getattr(reward_model, "__qualname__", type(reward_model).__qualname__)
