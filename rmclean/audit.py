@@ -19,7 +19,6 @@ other in a run.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 from .configs import to_record
 from .data.pairs import split_invalid
 from .features.views import feature_views
-from .files import write_text
+from .files import output_folder, write_json, write_text
 from .noise import plant_flips, swap_where
 from .score import ScoreConfig, training_groups, view_margins
 
@@ -247,17 +246,18 @@ def to_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+AUDIT_OUTPUTS = ("audit.json", "audit.md", "audit.png")  # what `rmclean audit` writes into its folder
+
+
 def write_audit(result: dict[str, Any], folder: str | os.PathLike) -> list[Path]:
-    """Write ``audit.json``, ``audit.md`` and ``audit.png`` into ``folder``."""
+    """Write ``audit.json``, ``audit.md`` and ``audit.png`` into ``folder`` as one unit
+    (:func:`rmclean.files.output_folder`)."""
     from .plots import detection_curves, save
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = [
-        write_text(folder / "audit.json", json.dumps(result, indent=2, default=str) + "\n"),
-        write_text(folder / "audit.md", to_markdown(result)),
-    ]
     title = f"Detection audit, {result['pairs']:,} pairs, {result['backbone']}"
-    save(detection_curves(result["rows"], title), folder / "audit.png")
-    written.append(folder / "audit.png")
-    return written
+    with output_folder(folder, owned=AUDIT_OUTPUTS, produced_by="rmclean audit") as staging:
+        write_json(staging / "audit.json", result)
+        write_text(staging / "audit.md", to_markdown(result))
+        save(detection_curves(result["rows"], title), staging / "audit.png")
+    return [folder / name for name in AUDIT_OUTPUTS]

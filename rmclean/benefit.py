@@ -169,9 +169,11 @@ def read_judgements(path: str | os.PathLike) -> dict[str, str]:
     (``.jsonl``, ``.json``, ``.parquet``, ``.csv``, …) with ``pair_id`` and ``judge_verdict``
     per row (gold labels written that way too). Errors name the file and row."""
     from .data.readers import SUPPORTED_SUFFIXES, read_file, suffix_of
+    from .files import verify_folder
 
     path = Path(path)
     if path.is_dir():
+        verify_folder(path, rerun="run `rmclean check` into it again")
         path = path / "judgements.parquet"
     if not path.is_file():
         raise ValueError(f"{path}: no such judgements file (run rmclean check, or write pair_id and judge_verdict)")

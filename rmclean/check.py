@@ -18,16 +18,16 @@ dataset labels them), ``judge`` (the pairs the judge decided, relabelled by it) 
 
 from __future__ import annotations
 
-import json
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .files import atomic_path, write_text
+from .files import output_folder, write_json, write_text
 from .judge import (
     INVALID,
     JudgeCache,
@@ -39,9 +39,11 @@ from .judge import (
     estimate_tokens,
     load_template,
     make_request,
+    max_prompt_tokens,
     model_identity,
     public_url,
     question_text,
+    resolve_api_key,
     run_requests,
 )
 from .score import Scores
@@ -125,9 +127,10 @@ def build_requests(frame, judge: JudgeConfig, model: str) -> tuple[list, list]:
 def estimate(pairs, scores: Scores, judge: JudgeConfig = JudgeConfig(), config: CheckConfig = CheckConfig(), *,
              cache: str | os.PathLike | None = None, allow_missing: bool = False) -> dict[str, Any]:
     """What a check would need (a dry run: nothing is sent): requests, how many the cache
-    already answers, estimated prompt tokens (4 characters a token) and completion tokens (at
-    most ``max_tokens`` each; typical from the cached answers of this model when it has some),
-    and the cost at the model's price. Reminders after unparseable replies come on top."""
+    already answers, prompt tokens (typically 4 characters a token; at most one per UTF-8 byte,
+    the bound ``--max-cost`` reserves) and completion tokens (at most ``max_tokens`` each;
+    typical from the cached answers of this model when it has some), and the cost at the
+    model's price. Reminders after unparseable replies come on top."""
     frame = select_pairs(pairs, scores, config, allow_missing)
     model = model_identity(judge)
     ab, ba = build_requests(frame, judge, model)
@@ -142,6 +145,7 @@ def estimate(pairs, scores: Scores, judge: JudgeConfig = JudgeConfig(), config: 
         store.close()
     todo = [request for request in unique if request.key not in cached]
     prompt_tokens = sum(estimate_tokens(request.messages) for request in todo)
+    prompt_most = sum(max_prompt_tokens(request.messages) for request in todo)
     price = judge.unit_price()
     most = len(todo) * judge.max_tokens
     likely = None if typical is None else int(round(len(todo) * typical))
@@ -153,10 +157,11 @@ def estimate(pairs, scores: Scores, judge: JudgeConfig = JudgeConfig(), config: 
         "max_requests": judge.max_requests,
         "would_stop_after": judge.max_requests if judge.max_requests is not None and judge.max_requests < len(todo) else None,
         "prompt_tokens": prompt_tokens,
+        "prompt_tokens_at_most": prompt_most,
         "completion_tokens_at_most": most,
         "completion_tokens_typical": likely,
         "price_per_million": list(price) if price else None,
-        "cost_usd_at_most": cost_usd(prompt_tokens, most, price),
+        "cost_usd_at_most": cost_usd(prompt_most, most, price),
         "cost_usd_typical": None if likely is None else cost_usd(prompt_tokens, likely, price),
         "model": judge.model_name,
         "cache": str(Path(cache or default_cache_path())),
@@ -169,12 +174,13 @@ def check(pairs, scores: Scores, judge: JudgeConfig = JudgeConfig(), config: Che
     """Judge ``pairs`` (from :func:`rmclean.load_pairs`) in both orders and compare the
     verdicts with the dataset labels per strength bin of ``scores``.
 
-    ``api_key`` defaults to ``$OPENAI_API_KEY``; ``cache`` (a SQLite file) to
-    ``judge.sqlite`` in the user cache folder. Answers are cached as they arrive; when the
-    budget (``judge.max_requests`` / ``judge.max_cost``) is reached the run stops, and the
-    result covers what was judged (``result.stopped`` says why). Raises
-    :class:`~rmclean.judge.JudgeError` for what stops every request (no key, unreachable
-    server, refused key, unknown model), after caching the answers that came.
+    ``api_key`` defaults to the variable ``judge.api_key_env`` names (``$OPENAI_API_KEY``);
+    ``cache`` (a SQLite file) to ``judge.sqlite`` in the user cache folder. Answers are cached
+    as they arrive; when the budget (``judge.max_requests`` / ``judge.max_cost``) is reached
+    the run stops, and the result covers what was judged (``result.stopped`` says why). Raises
+    :class:`~rmclean.judge.JudgeError` before any work for a missing key or one that would go
+    over plain http to another machine, and for what stops every request (unreachable server,
+    refused key, unknown model) after caching the answers that came.
     """
     import pandas as pd
 
@@ -182,6 +188,7 @@ def check(pairs, scores: Scores, judge: JudgeConfig = JudgeConfig(), config: Che
     if judge.max_cost is not None and judge.unit_price() is None:
         raise JudgeError(f"--max-cost needs the price of {judge.model_name!r}, which is not in the price table: "
                          "pass --price INPUT,OUTPUT (USD per million tokens) or --prices FILE.json")
+    api_key = resolve_api_key(judge, api_key)
     frame = select_pairs(pairs, scores, config, allow_missing)
     template = load_template(judge.template)
     model = model_identity(judge)
@@ -194,18 +201,20 @@ def check(pairs, scores: Scores, judge: JudgeConfig = JudgeConfig(), config: Che
     finally:
         store.close()
 
-    def raw(requests) -> tuple[list, list]:
-        verdicts, replies = [], []
+    def raw(requests) -> tuple[list, list, list]:
+        verdicts, replies, reasons = [], [], []
         for request in requests:
             answer = answers.get(request.key)
             verdicts.append(answer.verdict if answer else ("error" if request.key in errors else None))
             replies.append(answer.reply if answer else errors.get(request.key))
-        return verdicts, replies
+            reasons.append(answer.reason if answer else errors.get(request.key))
+        return verdicts, replies, reasons
 
-    (verdicts_ab, replies_ab), (verdicts_ba, replies_ba) = raw(ab), raw(ba)
+    (verdicts_ab, replies_ab, reasons_ab), (verdicts_ba, replies_ba, reasons_ba) = raw(ab), raw(ba)
     combined = [combine(a, b) for a, b in zip(verdicts_ab, verdicts_ba)]
     frame["verdict_ab"], frame["reply_ab"] = pd.Series(verdicts_ab, dtype=object), pd.Series(replies_ab, dtype=object)
     frame["verdict_ba"], frame["reply_ba"] = pd.Series(verdicts_ba, dtype=object), pd.Series(replies_ba, dtype=object)
+    frame["reason_ab"], frame["reason_ba"] = pd.Series(reasons_ab, dtype=object), pd.Series(reasons_ba, dtype=object)
     frame["judge_verdict"] = combined
     frame["judge_label"] = [LABELS.get(verdict, -1) for verdict in combined]
     frame["order_consistent"] = pd.Series([order_consistent(a, b) for a, b in zip(verdicts_ab, verdicts_ba)], dtype=object)
@@ -229,6 +238,7 @@ def judge_answers(prompts: list[str], first: list[str], second: list[str], judge
     """The judge's verdict on each (prompt, first answer, second answer), asked in both orders as
     :func:`check` asks: ``"chosen"`` (the first is better), ``"rejected"`` (the second is),
     ``"tie"``, or ``"invalid"`` / ``"error"`` / ``"pending"`` (budget); with the run's stats."""
+    api_key = resolve_api_key(judge, api_key)  # no key, or one that would leak: fail before any work
     frame = {"prompt": list(prompts), "chosen": list(first), "rejected": list(second)}
     model = model_identity(judge)
     ab, ba = build_requests(frame, judge, model)
@@ -361,23 +371,28 @@ def check_summary(frame, agreement: dict[str, Any], sets: dict[str, Any], stats:
                        f"({cache}): rerun the same command" + (" with a larger budget (or none)" if reason else "") +
                        " to continue; no request is sent twice.")
     judge_settings = {key: value for key, value in asdict(judge).items() if key not in ("base_url", "price")}
+    reasons = [reason for verdicts, column in (("verdict_ab", "reason_ab"), ("verdict_ba", "reason_ba"))
+               for verdict, reason in zip(frame[verdicts], frame[column]) if verdict == INVALID and reason]
     judge_settings.update(model=judge.model_name, base_url=public_url(judge.effective_base_url),
                           temperature=judge.sampling_temperature, price_per_million=judge.unit_price(),
                           template=template_name, template_fingerprint=template_fingerprint)
     return {
         "pairs": int(len(frame)),
         "verdicts": {name: int(verdicts.get(name, 0)) for name in (*JUDGED, INVALID, "error", "pending")},
+        "invalid_reasons": {reason: count for reason, count in sorted(Counter(reasons).items())},
         "order_inconsistent": int((frame["order_consistent"] == False).sum()),  # noqa: E712
         "agreement": agreement["overall"]["agreement"],
         "agreement_decisive": agreement["overall"]["agreement_decisive"],
         "bins": len(agreement["bins"]),
         "testsets": {name: int(len(table)) for name, table in sets.items()},
         "requests": {"sent": stats.requests, "answered": stats.answered, "cache_hits": stats.cache_hits,
-                     "retries": stats.retries, "reminders": stats.reminders, "failed": stats.failed,
-                     "not_sent": stats.not_sent},
+                     "from_other_runs": stats.from_other_runs, "retries": stats.retries,
+                     "reminders": stats.reminders, "failed": stats.failed, "not_sent": stats.not_sent,
+                     "failed_attempts_charged": stats.failed_attempts},
         "tokens": {"prompt": stats.prompt_tokens, "completion": stats.completion_tokens,
                    "estimated_usage": stats.estimated_usage},
         "cost_usd": stats.cost_usd,
+        "cost_usd_of_failed_attempts": stats.failed_attempts_cost_usd,
         "cost_usd_saved_by_cache": stats.cached_cost_usd,
         "budget": {"max_requests": judge.max_requests, "max_cost": judge.max_cost, "stopped": stats.stopped},
         "continue": to_continue,
@@ -389,35 +404,35 @@ def check_summary(frame, agreement: dict[str, Any], sets: dict[str, Any], stats:
 
 
 JUDGEMENT_COLUMNS = ("pair_id", "judge_label", "judge_verdict", "verdict_ab", "verdict_ba", "order_consistent",
-                     "dataset_label", "agrees", "strength_mean", "strength_std", "source", "row", "reply_ab", "reply_ba")
+                     "dataset_label", "agrees", "strength_mean", "strength_std", "source", "row", "reply_ab", "reply_ba",
+                     "reason_ab", "reason_ba")
+
+
+CHECK_OUTPUTS = ("judgements.parquet", "agreement.json", "agreement.md", "testsets", "summary.json", "plots")
 
 
 def write_check(result: CheckResult, folder: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write ``judgements.parquet``, ``agreement.json``, ``agreement.md``,
-    ``testsets/{original,judge,agreeing}.jsonl``, ``summary.json`` (with ``extra`` merged in)
-    and ``plots/agreement.png`` into ``folder``, each atomically. Returns the paths."""
+    """Write ``judgements.parquet``, ``agreement.{json,md}``, ``testsets/{original,judge,agreeing}.jsonl``,
+    ``summary.json`` (``extra`` merged in) and ``plots/agreement.png`` into ``folder`` as one unit."""
     from . import plots
     from .export import write_jsonl
 
     folder = Path(folder)
-    (folder / "testsets").mkdir(parents=True, exist_ok=True)
-    (folder / "plots").mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
     table = result.judgements[list(JUDGEMENT_COLUMNS)].copy()
     table["agrees"] = table["agrees"].astype("boolean")
     table["order_consistent"] = table["order_consistent"].astype("boolean")
-    with atomic_path(folder / "judgements.parquet") as partial:
-        table.to_parquet(partial, index=False)
-    written["judgements.parquet"] = folder / "judgements.parquet"
-    written["agreement.json"] = write_text(folder / "agreement.json", json.dumps(result.agreement, indent=2) + "\n")
-    written["agreement.md"] = write_text(folder / "agreement.md", agreement_markdown(result.agreement) + "\n")
-    for name, frame in result.testsets.items():
-        written[f"testsets/{name}.jsonl"] = write_jsonl(frame, folder / "testsets" / f"{name}.jsonl")
-    summary = {**(extra or {}), **result.summary}
-    written["summary.json"] = write_text(folder / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
-    written["plots/agreement.png"] = folder / "plots" / "agreement.png"
-    plots.save(plots.agreement_by_strength(result.agreement), written["plots/agreement.png"])
-    return written
+    names = ["judgements.parquet", "agreement.json", "agreement.md",
+             *(f"testsets/{name}.jsonl" for name in result.testsets), "summary.json", "plots/agreement.png"]
+    with output_folder(folder, owned=CHECK_OUTPUTS, produced_by="rmclean check") as staging:
+        table.to_parquet(staging / "judgements.parquet", index=False)
+        write_json(staging / "agreement.json", result.agreement)
+        write_text(staging / "agreement.md", agreement_markdown(result.agreement) + "\n")
+        (staging / "testsets").mkdir()
+        for name, frame in result.testsets.items():
+            write_jsonl(frame, staging / "testsets" / f"{name}.jsonl")
+        write_json(staging / "summary.json", {**(extra or {}), **result.summary})
+        plots.save(plots.agreement_by_strength(result.agreement), staging / "plots" / "agreement.png")
+    return {name: folder / name for name in names}
 
 
 def agreement_markdown(agreement: dict[str, Any]) -> str:
@@ -443,7 +458,8 @@ def estimate_text(needs: dict[str, Any]) -> str:
     lines = [
         f"dry run: {needs['pairs']:,} pairs, {needs['requests']:,} requests (both orders) to {needs['model']}; "
         f"{needs['cached']:,} answered by the cache, {needs['to_send']:,} to send",
-        f"  prompt tokens: about {needs['prompt_tokens']:,} (4 characters a token)",
+        (f"  prompt tokens: about {needs['prompt_tokens']:,} (4 characters a token), at most "
+         f"{needs['prompt_tokens_at_most']:,} (one per UTF-8 byte: what --max-cost reserves)"),
         f"  completion tokens: at most {needs['completion_tokens_at_most']:,} (--max-tokens each)"
         + (f", typically about {needs['completion_tokens_typical']:,} (cached answers of this model)"
            if needs["completion_tokens_typical"] is not None else ""),

@@ -25,15 +25,13 @@ rejected swapped, so no consumer needs to know.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_path, write_text
 from .data.formats import HH_ASSISTANT
+from .files import atomic_path, json_text, output_folder, write_json
 
 FORMATS = ("input", "trl", "openrlhf", "moss", "canonical")
 TRAINABLE = ("keep", "flip", "soften")  # actions whose pairs go to the cleaned files
@@ -103,57 +101,41 @@ def _flip_label(label: Any) -> Any:
     return 1 - label if label in (0, 1) and not isinstance(label, bool) else label
 
 
+DENOISE_OUTPUTS = ("cleaned.jsonl", "cleaned.parquet", "cleaned", "dropped.jsonl", "summary.json")
+
+
 def write_denoised(result, summary: dict[str, Any], folder: str | os.PathLike, format: str = "input") -> dict[str, Path]:
     """Write ``cleaned.jsonl``, ``cleaned.parquet``, ``cleaned/`` (``save_to_disk``),
     ``dropped.jsonl`` (dropped and invalid rows, with reasons) and ``summary.json`` into
-    ``folder``, each atomically. Returns the paths written."""
+    ``folder`` as one unit (:func:`rmclean.files.output_folder`: replaced whole, with a
+    manifest). Numbers are finite: ``NaN`` and infinities are written as null. Returns the
+    paths written."""
     import datasets
+    import numpy as np
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     table = to_profile(result, format)
+    numeric = table.select_dtypes("number").columns
+    table[numeric] = table[numeric].replace([np.inf, -np.inf], np.nan)
     trainable = table["action"].isin(TRAINABLE)
     cleaned, dropped = table[trainable].reset_index(drop=True), table[~trainable].reset_index(drop=True)
-    written: dict[str, Path] = {}
-    written["cleaned.jsonl"] = write_jsonl(cleaned, folder / "cleaned.jsonl")
-    written["dropped.jsonl"] = write_jsonl(dropped, folder / "dropped.jsonl")
-    with atomic_path(folder / "cleaned.parquet") as partial:
-        cleaned.to_parquet(partial, index=False)
-    written["cleaned.parquet"] = folder / "cleaned.parquet"
-    target = folder / "cleaned"
-    partial_dir = folder / "cleaned.partial"
-    shutil.rmtree(partial_dir, ignore_errors=True)
-    datasets.Dataset.from_pandas(cleaned, preserve_index=False).save_to_disk(str(partial_dir))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(partial_dir, target)
-    written["cleaned"] = target
     summary = {**summary, "format": format if format != "input" else f"input ({input_profile(result)})",
                "written": {"cleaned": int(len(cleaned)), "dropped_or_invalid": int(len(dropped))}}
-    written["summary.json"] = write_text(folder / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
-    return written
+    with output_folder(folder, owned=DENOISE_OUTPUTS, produced_by="rmclean denoise") as staging:
+        write_jsonl(cleaned, staging / "cleaned.jsonl")
+        write_jsonl(dropped, staging / "dropped.jsonl")
+        cleaned.to_parquet(staging / "cleaned.parquet", index=False)
+        datasets.Dataset.from_pandas(cleaned, preserve_index=False).save_to_disk(str(staging / "cleaned"))
+        write_json(staging / "summary.json", summary)
+    return {name: folder / name for name in DENOISE_OUTPUTS}
 
 
 def write_jsonl(table, path: Path) -> Path:
-    """Write the rows of a ``pandas.DataFrame`` as JSON Lines, atomically."""
+    """Write the rows of a ``pandas.DataFrame`` as JSON Lines (finite numbers only: ``NaN``
+    and infinities as null), atomically."""
     with atomic_path(path) as partial, open(partial, "w", encoding="utf-8") as handle:
-        for record in table.to_dict(orient="records"):
-            handle.write(json.dumps(_plain(record), ensure_ascii=False) + "\n")
+        handle.writelines(json_text(record, indent=None) for record in table.to_dict(orient="records"))
     return path
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready copy: numpy scalars and arrays become Python numbers and lists, NaN None."""
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_plain(item) for item in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and value != value:
-        return None
-    return value
 
 
 __all__ = ["FORMATS", "to_profile", "to_turns", "write_denoised", "write_jsonl"]

@@ -20,7 +20,7 @@ from .configs import to_record
 from .data.pairs import load_recorded, split_invalid
 from .features.backbones import model_folder, resolve_backbone, resolve_precision
 from .features.views import FeatureConfig, feature_views, scoring_texts, split_view
-from .files import atomic_path, write_text
+from .files import atomic_path, output_folder, verify_folder, write_json
 from .members.finetune import FinetuneConfig, finetune_margins
 from .members.heads import HeadConfig, member_margins
 from .members.reward_models import load_reward_model, pair_deltas
@@ -322,6 +322,7 @@ def load_scored(folder: str | os.PathLike, source: str | None = None):
     folder = Path(folder)
     if not (folder / "scores.parquet").is_file():
         raise ValueError(f"{folder} holds no scores.parquet: pass a folder written by `rmclean score`")
+    verify_folder(folder, rerun="run `rmclean score` into it again")
     scores = Scores.load(folder)
     if source is not None:
         return load_recorded({"source": source}), scores, {"source": source}
@@ -334,8 +335,12 @@ def load_scored(folder: str | os.PathLike, source: str | None = None):
     return load_recorded(recorded), scores, recorded
 
 
+SCORE_OUTPUTS = ("scores.parquet", "summary.json", "plots")  # what `rmclean score` writes into its folder
+
+
 def write_report(scores: Scores, folder: str | os.PathLike, source: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write ``scores.parquet``, ``summary.json`` and ``plots/*.png`` into ``folder``.
+    """Write ``scores.parquet``, ``summary.json`` and ``plots/*.png`` into ``folder`` as one
+    unit (:func:`rmclean.files.output_folder`: the folder is replaced whole, with a manifest).
 
     ``source`` (the ``load_pairs`` arguments that produced the pairs) is recorded in the
     summary so that later commands need only this folder.
@@ -343,18 +348,16 @@ def write_report(scores: Scores, folder: str | os.PathLike, source: dict[str, An
     from . import plots
 
     folder = Path(folder)
-    (folder / "plots").mkdir(parents=True, exist_ok=True)
-    written = {"scores": scores.save(folder)}
-    summary = {"source": source, **scores.metadata}
-    written["summary"] = write_text(folder / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    names = {"scores": "scores.parquet", "summary": "summary.json",
+             "strength_hist": "plots/strength_hist.png", "strength_by_decile": "plots/strength_by_decile.png"}
     strength_mean, strength_std = aggregate(scores.member_margins)
-    for name, figure in (
-        ("strength_hist", plots.strength_histogram(strength_mean)),
-        ("strength_by_decile", plots.strength_by_decile(strength_mean, strength_std)),
-    ):
-        written[name] = folder / "plots" / f"{name}.png"
-        plots.save(figure, written[name])
-    return written
+    with output_folder(folder, owned=SCORE_OUTPUTS, produced_by="rmclean score") as staging:
+        scores.save(staging)
+        write_json(staging / names["summary"], {"source": source, **scores.metadata})
+        (staging / "plots").mkdir()
+        plots.save(plots.strength_histogram(strength_mean), staging / names["strength_hist"])
+        plots.save(plots.strength_by_decile(strength_mean, strength_std), staging / names["strength_by_decile"])
+    return {key: folder / name for key, name in names.items()}
 
 
 def summary_text(metadata: dict[str, Any], written: dict[str, Path]) -> str:

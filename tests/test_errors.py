@@ -41,6 +41,7 @@ def raise_error(source, **kwargs) -> rmclean.PairFormatError:
     error = info.value
     assert isinstance(error, ValueError)
     assert SKIP_HINT in str(error)
+    assert "\n" not in str(error), "an error is one line"
     return error
 
 
@@ -149,6 +150,16 @@ BAD_LINES = [
                  "chosen", f"{NOT_TEXT} a number (3.5)", AROUND, id="chosen-float"),
     pytest.param(b'{"prompt": "x", "chosen": {"text": "y"}, "rejected": "z"}',
                  "chosen", f"{NOT_TEXT} an object", AROUND, id="chosen-object"),
+    pytest.param(b'{"prompt": "x", "chosen": null, "rejected": "z"}',
+                 "chosen", "field 'chosen' is null", AROUND, id="chosen-null"),
+    pytest.param(b'{"prompt": "x", "chosen": NaN, "rejected": "z"}',
+                 "chosen", f"{NOT_TEXT} a number (NaN)", AROUND, id="chosen-nan"),
+    pytest.param(b'{"prompt": "x", "chosen": "y", "rejected": -Infinity}',
+                 "rejected", "field 'rejected' must be text, a list of messages or a list of turns, got a number "
+                 "(-Infinity)", AROUND, id="rejected-minus-infinity"),
+    pytest.param(b'{"prompt": "x", "chosen": "y", "rejected": "z", "margin": NaN}',
+                 "margin", "field 'margin' must be a finite number or null, got a number (NaN)", AROUND,
+                 id="margin-nan"),
     pytest.param(b'{"prompt": 7, "chosen": "y", "rejected": "z"}',
                  "prompt", "field 'prompt' must be text, got a number (7)", AROUND, id="explicit-prompt-number"),
     pytest.param(b'{"chosen": "text", "rejected": ["q", "a"]}',
@@ -210,7 +221,9 @@ def make_source(tmp_path: Path, name: str | None, content):
     if name is None:
         return content
     path = tmp_path / name
-    if name.endswith(".parquet"):
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif name.endswith(".parquet"):
         pq.write_table(pa.Table.from_pylist(content), path)
     elif name.endswith(".zip"):
         with zipfile.ZipFile(path, "w") as archive:
@@ -232,6 +245,10 @@ BAD_RECORDS = [
                  "{path}, line 3", None,
                  ("the rest of the array could not be read", "Expecting ',' delimiter at column 31"), [0, BAD],
                  id="json-array-malformed-element-in-the-middle-stops-the-array"),
+    pytest.param("data.json", f"[\n{G0},\n".encode() + b'{"prompt": "caf\xe9", "chosen": "y", "rejected": "z"},\n'
+                 + f"{G2}\n]\n".encode(),
+                 "{path}, line 3", None, "invalid UTF-8 at byte 16 of the array element", [0, BAD, 2],
+                 id="json-array-invalid-utf8-in-one-element"),
     pytest.param("data.json", f'[\n  {G0},\n\n  "just a string",\n  {G2}\n]\n',
                  "{path}, line 4", None, "expected a JSON object, got a JSON string", [0, BAD, 2],
                  id="json-array-element-not-an-object"),
@@ -242,6 +259,10 @@ BAD_RECORDS = [
                  "{path}, line 4", "rejected", "field 'rejected' is empty", None, id="csv-row-after-multiline-cell"),
     pytest.param("data.csv", CSV_HEADER + "prompt 0,chosen 0,rejected 0\n\nprompt 1,,rejected 1\n",
                  "{path}, line 4", "chosen", "field 'chosen' is empty", None, id="csv-blank-line-keeps-line-numbers"),
+    pytest.param("data.csv", (CSV_HEADER + "prompt 0,chosen 0,rejected 0\n").encode() + b"p,caf\xe9,r\n"
+                 + b"prompt 2,chosen 2,rejected 2\n",
+                 "{path}, line 3", "chosen", "field 'chosen' holds invalid UTF-8 (b'\\xe9", [0, BAD, 2],
+                 id="csv-invalid-utf8-in-one-cell"),
     pytest.param("data.csv", CSV_HEADER + "prompt 0,chosen 0,rejected 0\np,c,r,extra\n",
                  "{path}, line 3", None, "more cells than header columns", [0, BAD], id="csv-too-many-cells"),
     pytest.param("data.parquet", [good(0), {"prompt": "x", "chosen": None, "rejected": "z"}, good(2)],

@@ -117,26 +117,31 @@ def test_profiles_and_unknown_format(tmp_path):
         to_profile(result, "tsv")
 
 
-def test_a_failed_write_leaves_no_file_that_looks_complete(tmp_path, monkeypatch):
+def test_a_failed_write_leaves_the_previous_folder_whole(tmp_path, monkeypatch):
     from rmclean import export
+    from rmclean.files import verify_folder
 
     rows = [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(10)]
     pairs = rmclean.load_pairs(rows)
     result = rmclean.denoise(pairs, _scores(pairs, np.linspace(-1, 2, 10)), method="flip")
+    write_denoised(result, {"run": "first"}, tmp_path / "out")
+    before = {path.name: path.read_bytes() for path in (tmp_path / "out").iterdir() if path.is_file()}
     calls = {"n": 0}
-    real_plain = export._plain
+    real_json_text = export.json_text
 
-    def fail_halfway(value):
+    def fail_halfway(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 5:
             raise OSError("disk full")
-        return real_plain(value)
+        return real_json_text(*args, **kwargs)
 
-    monkeypatch.setattr(export, "_plain", fail_halfway)
+    monkeypatch.setattr(export, "json_text", fail_halfway)
     with pytest.raises(OSError, match="disk full"):
-        write_denoised(result, {}, tmp_path / "out")
-    assert not (tmp_path / "out" / "cleaned.jsonl").exists()
-    assert not list((tmp_path / "out").glob("*.partial"))
+        write_denoised(result, {"run": "second"}, tmp_path / "out")
+    after = {path.name: path.read_bytes() for path in (tmp_path / "out").iterdir() if path.is_file()}
+    assert after == before  # the first run's folder, untouched: no new cleaned.jsonl next to old files
+    assert verify_folder(tmp_path / "out", rerun="rerun") is not None
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]  # no staging folder left
 
 
 # --- TRL reads the export, and the margin reaches its loss -----------------------------------------

@@ -5,10 +5,13 @@ budget, the dry run, clear errors, the key kept out of every file, and the local
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,10 +23,12 @@ import pandas as pd
 import pytest
 
 import rmclean
-from rmclean.check import CheckConfig, agreement_bins, check, combine
+from rmclean.check import CheckConfig, agreement_bins, check, combine, judge_answers
 from rmclean.cli import main
 from rmclean.judge import (
+    Answer,
     Judge,
+    JudgeCache,
     JudgeConfig,
     JudgeError,
     Template,
@@ -160,7 +165,10 @@ def test_check_asks_both_orders_retries_and_writes_the_spec_files(tmp_path, caps
         assert summary["requests"]["retries"] >= 8 and summary["requests"]["reminders"] == 4
         tokens = summary["tokens"]
         assert tokens["prompt"] > 0 and tokens["completion"] > 0
-        assert summary["cost_usd"] == pytest.approx((tokens["prompt"] * 2.5 + tokens["completion"] * 10) / 1e6)
+        # 429, 500, malformed and timed-out attempts (two orders each) are charged at their reservation
+        assert summary["requests"]["failed_attempts_charged"] == 8 and summary["cost_usd_of_failed_attempts"] > 0
+        assert summary["cost_usd"] == pytest.approx((tokens["prompt"] * 2.5 + tokens["completion"] * 10) / 1e6
+                                                    + summary["cost_usd_of_failed_attempts"])
         assert summary["source"]["source"].endswith("pairs.jsonl")
         assert "agreement" in stdout and "| all |" in stdout
 
@@ -258,14 +266,117 @@ def test_budget_stops_cleanly_and_a_rerun_continues(tmp_path, capsys, api_key):
         server.reset_log()
         code, stdout, _ = run_cli(capsys, "check", str(scores), *server_args(server, tmp_path, "--cache", str(tmp_path / "c2.sqlite")),
                                   "--out", str(tmp_path / "out2"), "--max-tokens", "20", "--price", "1000,1000",
-                                  "--max-cost", "0.5", "--concurrency", "1")
+                                  "--max-cost", "5", "--concurrency", "1")
         summary = json.loads((tmp_path / "out2" / "summary.json").read_text())
         assert code == 0 and summary["budget"]["stopped"] == "max-cost"
-        assert 1 <= len(server.log) < 20 and summary["cost_usd"] <= 0.5
-        assert "--max-cost 0.5 was reached" in stdout
+        assert 1 <= len(server.log) < 20 and summary["cost_usd"] <= 5
+        assert server.billed_usd((1000, 1000)) <= summary["cost_usd"]
+        assert "--max-cost 5.0 was reached" in stdout
 
         code, _, err = run_cli(capsys, "check", str(scores), *server_args(server, tmp_path), "--max-cost", "1")
         assert code == 1 and "--price" in err
+
+
+#: A Chinese answer of 300 characters: 2 tokens a character on the test server, as dense as real
+#: tokenizers get, where 4 characters a token would reserve a sixth of what it costs.
+CJK = ("这个回答详细解释了如何安全地使用厨房里的刀具，并且提醒用户注意儿童的安全。" * 9)[:300]
+
+
+def cjk_rows(n: int, tags: dict[int, str] | None = None) -> list[dict]:
+    tags = tags or {}
+    return [{"prompt": f"\n\nHuman: 请问怎样才能安全地使用菜刀？第{i}个问题\n\nAssistant:",
+             "chosen": f"{CJK} quality=5 {tags.get(i, '')}".rstrip(), "rejected": f"{CJK} quality=2"}
+            for i in range(n)]
+
+
+def test_max_cost_holds_on_cjk_text_at_concurrency_8(tmp_path, capsys, api_key):
+    price = (1000.0, 1000.0)  # USD per million tokens: a request costs about $1.7 here
+    rows = cjk_rows(16, {i: "FLAKY" if i % 4 == 1 else "SLOW" for i in (1, 3, 5, 9, 13)})
+    scores = scores_dir(tmp_path / "data", rows)
+    cap = 29.5  # 17.5 requests: a reservation of 4 characters a token would let the 18th through
+    with JudgeServer(delay_s=0.05, slow_s=1.5) as server:
+        code, stdout, err = run_cli(capsys, "check", str(scores), *server_args(server, tmp_path), "--out",
+                                    str(tmp_path / "out"), "--max-tokens", "50", "--price", "1000,1000",
+                                    "--max-cost", str(cap), "--concurrency", "8", "--timeout", "1")
+        assert code == 0, err
+        server.settle()  # the slow replies the client gave up on are billed too
+        billed = server.billed_usd(price)
+        summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+        assert summary["budget"]["stopped"] == "max-cost" and f"--max-cost {cap} was reached" in stdout
+        assert billed <= cap and summary["cost_usd"] <= cap  # what the server billed never passes the cap
+        assert summary["cost_usd"] >= billed - 1e-9  # failed attempts charged at least what they were billed
+        assert billed >= 0.5 * cap and summary["verdicts"]["pending"] > 0  # the cap, not a blunder, stopped it
+        assert summary["requests"]["failed_attempts_charged"] >= 1 and server.max_active >= 4
+
+
+def test_two_runs_sharing_a_cache_never_send_a_request_twice(tmp_path, api_key):
+    scores = scores_dir(tmp_path / "data", pair_rows(16))
+    cache = tmp_path / "judge.sqlite"
+    env = {**os.environ, "OPENAI_API_KEY": KEY, "PYTHONPATH": str(PROJECT)}
+    with JudgeServer(delay_s=0.4) as server:
+        def command(name: str) -> list[str]:
+            return [sys.executable, "-m", "rmclean", "check", str(scores), "--base-url", server.url, "--model",
+                    "judge-test", "--cache", str(cache), "--out", str(tmp_path / name), "--concurrency", "2", "--quiet"]
+
+        runs = [subprocess.Popen(command(name), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for name in ("one", "two")]  # started together: same pairs, same order, one cache
+        for run in runs:
+            _, stderr = run.communicate(timeout=120)
+            assert run.returncode == 0, stderr
+        times = Counter(entry.key for entry in server.log if not entry.reminder)
+        assert len(times) == 32 and set(times.values()) == {1}  # every pair in both orders, each asked once
+        summaries = [json.loads((tmp_path / name / "summary.json").read_text()) for name in ("one", "two")]
+        assert sum(summary["requests"]["answered"] for summary in summaries) == 32
+        for summary in summaries:
+            requests = summary["requests"]
+            assert summary["verdicts"]["chosen"] == 16  # each run waited for what the other was asking
+            assert requests["answered"] + requests["cache_hits"] + requests["from_other_runs"] == 32
+
+
+def test_leases_expire_and_dead_owners_are_taken_over(tmp_path):
+    first, second = JudgeCache(tmp_path / "judge.sqlite"), JudgeCache(tmp_path / "judge.sqlite")
+    assert first.claim("k1", lease_s=0.5) == ("claimed", None)
+    assert second.claim("k1") == ("busy", None)
+    time.sleep(0.6)  # the lease lapsed without renewal: taken over
+    assert second.claim("k1") == ("claimed", None) and first.claim("k1") == ("busy", None)
+    second.put("k1", Answer("A", ("[[A]]",)), model="m", template="t", content="c")
+    state, answer = first.claim("k1")
+    assert state == "done" and answer.verdict == "A" and "k1" not in first.leases()
+    assert first.claim("k1", since=time.time() + 1) == ("claimed", None)  # --retry-invalid: older answers don't count
+    first.release()
+    assert second.claim("k1", since=time.time() + 1) == ("claimed", None)
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    host = socket.gethostname()
+    with sqlite3.connect(tmp_path / "judge.sqlite") as db:  # a killed run's lease, and one on another machine
+        db.executemany("INSERT INTO leases VALUES (?, ?, ?)", [("k2", f"{host}:{int(dead.stdout)}:x", time.time() + 600),
+                                                               ("k3", "elsewhere:1:x", time.time() + 600)])
+    assert first.claim("k2") == ("claimed", None) and first.claim("k3") == ("busy", None)
+    first.close(), second.close()
+
+
+def test_answers_cached_before_the_key_changed_are_not_read(tmp_path, api_key):
+    """A cache from before (no reason column, keys over the rendered messages) opens, and its
+    answers, parsed under the old rules, are asked again rather than read."""
+    template = tmp_path / "template.txt"
+    template.write_text("Q: {question}\nA: {answer_a}\nB: {answer_b}", encoding="utf-8")
+    prompt, chosen, rejected = "Human: which?", "first quality=5", "second quality=2"
+    old_message = [{"role": "user", "content": f"Q: {prompt}\nA: {chosen}\nB: {rejected}"}]
+    old_key = hashlib.sha256(json.dumps(["judge-test", old_message, {"temperature": 0.0, "max_tokens": 512}],
+                                        sort_keys=True).encode()).hexdigest()
+    cache = tmp_path / "judge.sqlite"
+    with sqlite3.connect(cache) as db:
+        db.execute("CREATE TABLE answers (key TEXT PRIMARY KEY, model TEXT NOT NULL, template TEXT NOT NULL, content "
+                   "TEXT NOT NULL, verdict TEXT NOT NULL, replies TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, "
+                   "completion_tokens INTEGER NOT NULL, requests INTEGER NOT NULL, created REAL NOT NULL)")
+        db.execute("INSERT INTO answers VALUES (?, 'judge-test', 't', 'c', 'B', '[\"[[A]] first, then [[B]]\"]', 1, 1, "
+                   "1, 0)", (old_key,))
+    with JudgeServer() as server:
+        verdicts, stats = judge_answers([prompt], [chosen], [rejected], JudgeConfig(
+            base_url=server.url, model="judge-test", template=str(template)), cache=cache)
+        assert stats.cache_hits == 0 and len(server.log) == 2  # both orders asked again
+        assert verdicts == ["tie"]  # the server finds no blocks in this template: [[C]] twice, not the cached B
 
 
 def test_the_key_never_reaches_any_output(tmp_path, capsys, api_key):

@@ -11,6 +11,8 @@ status 1.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from typing import Sequence
 
@@ -22,6 +24,7 @@ from ..data.sources import SourceNotFoundError
 from ..denoise import DenoiseConfig
 from ..export import FORMATS
 from ..features.backbones import BackboneError
+from ..files import OutputFolderError
 from ..judge import JudgeConfig
 from ..score import ScoreConfig
 from ..train.ppo import PPOConfig
@@ -41,12 +44,61 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
     try:
-        return args.run(args)
-    except (PairFormatError, SourceNotFoundError, BackboneError, ValueError, TypeError, FileNotFoundError) as exc:
+        code = args.run(args)
+        _flush_output()
+        return code
+    except (PairFormatError, SourceNotFoundError, BackboneError, OutputFolderError, ValueError, TypeError) as exc:
         print(f"rmclean: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:  # `rmclean ... | head`
+        _discard_output()
         return 0
+    except OSError as exc:  # a full disk, a file where a folder should be, no permission: one line, no traceback
+        print(f"rmclean: error: {_os_error_text(exc)}", file=sys.stderr)
+        _discard_output()
+        return EXIT_ERROR
+
+
+#: Errors that say a write did not fit, whatever the operation was.
+_WRITE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _os_error_text(exc: OSError) -> str:
+    """``<what> <path>: <reason>`` of an operating-system error, e.g. ``cannot write out/x: No space
+    left on device``; an error rmclean raised with its own message (no errno) as it is."""
+    if exc.errno is None:
+        return str(exc)
+    what = "cannot write" if exc.errno in _WRITE_ERRORS else "cannot use"
+    reason = exc.strerror or str(exc)
+    paths = [_path_text(name) for name in (exc.filename, exc.filename2) if name is not None]
+    return f"{what} {' -> '.join(paths)}: {reason}" if paths else f"{what}: {reason}"
+
+
+def _path_text(name: object) -> str:
+    return os.fsdecode(name) if isinstance(name, (str, bytes, os.PathLike)) else str(name)
+
+
+def _flush_output() -> None:
+    """Flush standard output now, so a full disk is reported here (naming it) rather than by
+    Python at exit."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, "<standard output>") from exc
+
+
+def _discard_output() -> None:
+    """After a failed write to standard output, point it at the null device, so Python's flush at
+    exit does not fail again with a second message (the recipe of Python's signal docs)."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
 def build_parser() -> argparse.ArgumentParser:

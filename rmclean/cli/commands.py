@@ -22,6 +22,7 @@ from ..downstream import (best_of_n, bon_markdown, policy_stage, ppo_markdown, r
                           write_policy_stage)
 from ..denoise import DenoiseConfig, apply_actions, denoise_summary, summary_text as denoise_summary_text
 from ..export import write_denoised
+from ..files import verify_folder
 from ..judge import JudgeConfig, JudgeError, price_for, read_price_table
 from ..members.reward_models import load_reward_model
 from ..score import ScoreConfig, load_scored, score, summary_text as score_summary_text, write_report
@@ -136,6 +137,7 @@ def load_training_data(data: str, loading: dict[str, Any]):
     margin and soft_label columns), else ``load_pairs(data, ...)``."""
     folder = Path(data)
     if folder.is_dir() and (folder / "cleaned.jsonl").is_file() and (folder / "summary.json").is_file():
+        verify_folder(folder, rerun="run `rmclean denoise` into it again")
         return load_pairs(folder / "cleaned.jsonl", allow_empty=True)  # rmclean denoise accepted these pairs
     return load_pairs(data, **loading)
 

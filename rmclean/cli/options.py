@@ -121,6 +121,11 @@ def source_options() -> argparse.ArgumentParser:
     group.add_argument("--label-key", metavar="FIELD", help="label field of two-response judgement files")
     group.add_argument("--response-keys", metavar="FIRST,SECOND", help="the two response fields of judgement files")
     group.add_argument("--chat-template", metavar="TOKENIZER", help="render message lists with this tokenizer's template")
+    group.add_argument("--max-row-bytes", metavar="SIZE",
+                       help="a longer row is invalid (default 16M, or $RMCLEAN_MAX_ROW_BYTES; e.g. 64M)")
+    group.add_argument("--max-decompressed-bytes", metavar="SIZE",
+                       help="a compressed file expanding past this stops with an error (default 4G, or "
+                       "$RMCLEAN_MAX_DECOMPRESSED_BYTES)")
     return options
 
 
@@ -168,6 +173,8 @@ def source_arguments(args: argparse.Namespace) -> dict[str, Any]:
         "on_error": args.on_error,
         "allow_empty": args.allow_empty,
         "chat_template": args.chat_template,
+        "max_row_bytes": args.max_row_bytes,
+        "max_decompressed_bytes": args.max_decompressed_bytes,
         **{k: v for k, v in keys.items() if v is not None},
     }
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,11 @@ RESPONSE_KEY_PAIRS = (
     ("response_a", "response_b"),
 )
 LABEL_KEYS = ("label", "human", "winner", "preference")
+
+#: Input fields rmclean computes with (score flags and ``min_score_gap`` read the scores, top level or
+#: in ``metadata``; reward-model losses read ``margin`` and ``soft_label``): when present and not
+#: null they must be finite. Python's JSON reader accepts ``NaN`` and ``Infinity``, which are not JSON.
+FINITE_FIELDS = ("score_chosen", "score_rejected", "margin", "soft_label")
 
 FIRST, SECOND, TIE = "first", "second", "tie"
 
@@ -136,6 +142,7 @@ def convert_row(
             )
         pair, used = _from_judgement(row, keys, response_keys, allow_empty)
     pair.extras = {**{key: value for key, value in row.items() if key not in used}, **pair.extras}
+    _check_finite(pair.extras)
     _flag_scores(pair)
     if pair.chosen.strip() == pair.rejected.strip():
         pair.flags.append(FLAG_IDENTICAL)
@@ -314,7 +321,9 @@ def _judgement_prompt(row: Mapping[str, Any], keys: KeyMap) -> tuple[str, set[st
 
 
 def _parse_label(value: Any, key: str, label_map: Mapping[Any, str] | None, zero_based: bool) -> str:
-    if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
+    if isinstance(value, bool) or value is None or isinstance(value, (list, dict)) or (
+        isinstance(value, float) and not math.isfinite(value)
+    ):
         raise RowError(key, f"field '{key}' must be a label such as 1/2, 'A'/'B' or 'tie', got {_type_name(value)}")
     text = _label_text(value)
     if label_map is not None:
@@ -364,6 +373,26 @@ def _flag_scores(pair: Pair) -> None:
 
 
 # --- field checks ---------------------------------------------------------------------
+
+
+def _check_finite(extras: Mapping[str, Any]) -> None:
+    """Raise when a :data:`FINITE_FIELDS` field holds ``NaN`` or an infinity (as a number, or as
+    text such as ``"nan"`` from a CSV cell)."""
+    metadata = extras.get("metadata")
+    holders = [("", extras)] + ([("metadata.", metadata)] if isinstance(metadata, Mapping) else [])
+    for prefix, holder in holders:
+        for key in FINITE_FIELDS:
+            value = holder.get(key)
+            if (_is_number(value) and not math.isfinite(value)) or (isinstance(value, str) and _non_finite_text(value)):
+                name = prefix + key
+                raise RowError(name, f"field '{name}' must be a finite number or null, got {_type_name(value)}")
+
+
+def _non_finite_text(text: str) -> bool:
+    try:
+        return not math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _require(row: Mapping[str, Any], key: str, allow_empty: bool = False) -> Any:
@@ -429,8 +458,12 @@ def _type_name(value: Any) -> str:
         return f"a boolean ({json.dumps(value)})"
     if value is None:
         return "null"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"a number ({json.dumps(value)})"  # NaN, Infinity, -Infinity: as the input spelled them
     if isinstance(value, (int, float)):
         return f"a number ({value})"
+    if isinstance(value, str):
+        return f"text ({value!r})"
     if isinstance(value, Mapping):
         return "an object"
     if isinstance(value, list):

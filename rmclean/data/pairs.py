@@ -33,6 +33,7 @@ from typing import Any
 import pyarrow as pa
 
 from .formats import FLAG_DUPLICATE, FLAG_INVALID, KeyMap, RowError, convert_row, pair_id
+from .limits import ReadLimits
 from .readers import ReadError, Record, iter_rows, read_file, suffix_of
 from .sources import DATA_DIR_ENV, NAMED_SOURCES, SourceNotFoundError, named_source, resolve
 
@@ -61,9 +62,8 @@ class PairFormatError(ValueError):
         self.field = field
         self.reason = message
         super().__init__(
-            f"{location}: {message}\n"
-            "(pass on_error='skip', or --on-error skip on the command line, to keep going and "
-            "get every rejected row with its reason)"
+            f"{location}: {message} (pass on_error='skip', or --on-error skip on the command line, to keep "
+            "going and get every rejected row with its reason)"
         )
 
 
@@ -85,6 +85,8 @@ def load_pairs(
     on_error: str = "raise",
     allow_empty: bool = False,
     chat_template: Any = None,
+    max_row_bytes: int | str | None = None,
+    max_decompressed_bytes: int | str | None = None,
     **keys: Any,
 ):
     """Load preference pairs from a named dataset, a file, a folder, a Hub id or rows.
@@ -113,6 +115,11 @@ def load_pairs(
     chat_template:
         A tokenizer (or its name/path) whose chat template renders message lists; default
         is the hh-style role template (``formats.ROLE_NAMES``).
+    max_row_bytes, max_decompressed_bytes:
+        Size caps on files (``limits.ReadLimits``; bytes, or text such as ``"64M"``): a row
+        longer than ``max_row_bytes`` (default 16 MiB, or ``$RMCLEAN_MAX_ROW_BYTES``) is an
+        invalid row; a compressed file expanding past ``max_decompressed_bytes`` (default 4 GiB,
+        or ``$RMCLEAN_MAX_DECOMPRESSED_BYTES``) stops with an error row (a decompression bomb).
     **keys:
         Column mapping: ``prompt_key``, ``chosen_key``, ``rejected_key``, ``label_key``,
         ``response_keys=(first, second)`` and ``label_map={value: "first"|"second"|"tie"}``.
@@ -129,13 +136,14 @@ def load_pairs(
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
+    limits = ReadLimits.resolve(max_row_bytes=max_row_bytes, max_decompressed_bytes=max_decompressed_bytes)
     key_map = KeyMap(**{k: (tuple(v) if k == "response_keys" else v) for k, v in keys.items() if v is not None})
     if isinstance(chat_template, (str, os.PathLike)):
         from transformers import AutoTokenizer
 
         chat_template = AutoTokenizer.from_pretrained(str(chat_template))
     subsets = [subset] if isinstance(subset, str) else (list(subset) if subset else None)
-    streams = _streams(source, subsets, split, data_dir)
+    streams = _streams(source, subsets, split, data_dir, limits)
     return _build(_convert(streams, key_map, chat_template, limit, on_error, allow_empty))
 
 
@@ -167,20 +175,22 @@ def load_recorded(record: dict[str, Any]):
 # --- where rows come from -------------------------------------------------------------
 
 
-def _streams(source: Any, subsets: list[str] | None, split: str | None, data_dir) -> list[_Stream]:
+def _streams(
+    source: Any, subsets: list[str] | None, split: str | None, data_dir, limits: ReadLimits
+) -> list[_Stream]:
     if not isinstance(source, (str, os.PathLike)):
         return [_in_memory(source, split)]
     text = str(source)
     named = named_source(text) if isinstance(source, str) else None
     if named is not None:
-        return [_location_stream(location, subsets) for location in resolve(named, subsets, split, data_dir)]
+        return [_location_stream(location, limits) for location in resolve(named, subsets, split, data_dir)]
     path = Path(text).expanduser()
     if path.is_file():
         if subsets or split:
             raise ValueError(f"{text}: subset= and split= apply to named datasets, folders and Hub ids, not to a file")
-        return [_Stream(text, _file_records(path, text))]
+        return [_Stream(text, _file_records(path, text, limits))]
     if path.is_dir():
-        return _folder_streams(path, subsets, split)
+        return _folder_streams(path, subsets, split, limits)
     if suffix_of(text) or not _looks_like_hub_id(text) and os.sep in text:
         raise SourceNotFoundError(f"{text}: no such file or folder")
     return _hub_streams(text, subsets, split)
@@ -214,9 +224,9 @@ def _none_if_missing(value: Any) -> Any:
     return None if pandas.isna(value) else value
 
 
-def _location_stream(location, subsets) -> _Stream:
+def _location_stream(location, limits: ReadLimits) -> _Stream:
     if location.path is not None:
-        return _Stream(location.label, _file_records(location.path, str(location.path)))
+        return _Stream(location.label, _file_records(location.path, str(location.path), limits))
     import datasets
 
     rows = datasets.load_dataset(location.hub_id, data_dir=location.subset, split=location.split)
@@ -224,7 +234,7 @@ def _location_stream(location, subsets) -> _Stream:
     return _Stream(location.label, iter_rows(rows, display))
 
 
-def _folder_streams(path: Path, subsets: list[str] | None, split: str | None) -> list[_Stream]:
+def _folder_streams(path: Path, subsets: list[str] | None, split: str | None, limits: ReadLimits) -> list[_Stream]:
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
         import datasets
 
@@ -249,7 +259,7 @@ def _folder_streams(path: Path, subsets: list[str] | None, split: str | None) ->
         what = f" for split {split!r}" if split else ""
         raise SourceNotFoundError(f"{path}: no data files{what} (looked for *{', *'.join(_SUFFIX_HELP)})")
     return [
-        _Stream(f"{path.name}/{f.relative_to(path).as_posix()}", _file_records(f, str(f))) for f in files
+        _Stream(f"{path.name}/{f.relative_to(path).as_posix()}", _file_records(f, str(f), limits)) for f in files
     ]
 
 
@@ -287,17 +297,17 @@ def _hub_streams(hub_id: str, subsets: list[str] | None, split: str | None) -> l
     return streams
 
 
-def _file_records(path: Path, display: str) -> Iterator[Record]:
-    """Records of a file; a file that cannot be read at all becomes one error record."""
+def _file_records(path: Path, display: str, limits: ReadLimits) -> Iterator[Record]:
+    """Records of a file; a file that cannot be read (any further) becomes one error record."""
     index = 0
     try:
-        for record in read_file(path, display):
+        for record in read_file(path, display, limits):
             index = record.index + 1
             yield record
     except ReadError as exc:
-        yield Record(exc.file, index, line=exc.line, error=exc.reason)
+        yield Record(exc.file, index, line=exc.line, error=exc.reason, whole_file=exc.line is None)
     except OSError as exc:
-        yield Record(display, index, error=f"cannot read the file ({exc.strerror or exc})")
+        yield Record(display, index, error=f"cannot read the file ({exc.strerror or exc})", whole_file=True)
 
 
 # --- rows to pairs -------------------------------------------------------------------
@@ -315,7 +325,7 @@ def _convert(
                 return
             read += 1
             if record.error is not None:
-                yield _invalid(stream, record, None, record.error, on_error)
+                yield _invalid(stream, record, record.field, record.error, on_error)
                 continue
             try:
                 pair = convert_row(record.data, key_map, chat_template, allow_empty)
@@ -382,15 +392,32 @@ def _build(rows: Iterator[dict[str, Any]]):
     return datasets.Dataset(pa.table(arrays))
 
 
+#: Deepest nesting of lists and structs an input field keeps as Arrow types; deeper fields are kept as
+#: JSON text (Arrow refuses a schema nested 64 levels deep, and ``datasets`` recurses once per level).
+MAX_NESTING = 32
+
+
 def _extra_array(values: list[Any]) -> pa.Array:
-    """An Arrow column for an input field; mixed-type fields are kept as JSON text."""
+    """An Arrow column for an input field; mixed-type and deeply nested fields are kept as JSON text."""
     try:
-        return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
-        return pa.array(
-            [None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in values],
-            type=pa.string(),
-        )
+        array = pa.array(values)
+        if _nesting(array.type) <= MAX_NESTING:
+            return array
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, RecursionError):
+        pass
+    return pa.array(
+        [None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in values],
+        type=pa.string(),
+    )
+
+
+def _nesting(dtype: pa.DataType) -> int:
+    """Levels of lists and structs in an Arrow type (0 for a flat type), counted without recursion."""
+    depth, level = 0, [dtype]
+    while level:
+        depth += 1
+        level = [parent.field(i).type for parent in level for i in range(parent.num_fields)]
+    return depth - 1
 
 
 __all__ = ["CANONICAL_COLUMNS", "PairFormatError", "load_pairs", "load_recorded", "recorded_source", "split_invalid"]

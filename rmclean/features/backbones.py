@@ -22,11 +22,15 @@ on such a CPU, features within cosine 0.9999 of float32. Elsewhere it is float32
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
 import json
 import os
+import uuid
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +40,8 @@ import numpy as np
 from ..files import atomic_path, write_text
 
 CACHE_ENV = "RMCLEAN_CACHE_DIR"
-FEATURE_VERSION = 1  # bump when pooling or text preparation changes: old caches are not reused
+FEATURE_VERSION = 2  # bump when features or the shard format change: old caches are not reused
+# (2: one file per shard; on a CPU each text embedded alone, so its features never depend on neighbours)
 SHARD_SIZE = 512  # texts per cache shard (written atomically as embedding goes)
 PRECISIONS = ("auto", "float32", "bfloat16")
 
@@ -59,19 +64,55 @@ class Backbone:
         return "last+mean" if self.is_decoder else "mean"
 
     def fingerprint(self) -> str:
-        """Hash of the files that define the weights (names, sizes, config), so a cache made
-        by another version of the model is never reused."""
+        """16 hex digits that change whenever the weights do: for a local model, the SHA-256
+        of its files' contents (:func:`content_digest`); for a Hub id, the id and the commit it
+        resolves to (online, else in the local Hub cache). A cache or a head made with other
+        weights is never reused."""
         folder = Path(self.path)
-        if not folder.exists():  # a Hub id: the id (and revision on the Hub) is the version
-            return hashlib.sha256(self.path.encode()).hexdigest()[:16]
-        digest = hashlib.sha256()
-        files = [folder / self.gguf_file] if self.gguf_file else sorted(folder.iterdir())
-        for file in files:
-            if file.is_file():
-                digest.update(f"{file.name}:{file.stat().st_size}".encode())
-                if file.name == "config.json":
-                    digest.update(file.read_bytes())
-        return digest.hexdigest()[:16]
+        if not folder.exists():
+            return hashlib.sha256(f"{self.path}@{hub_commit(self.path)}".encode()).hexdigest()[:16]
+        files = [folder / self.gguf_file] if self.gguf_file else sorted(f for f in folder.iterdir() if f.is_file())
+        return content_digest(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
+SAMPLED_ABOVE = 256 * 2**20  # bytes: bigger files are digested from 16 blocks of 1 MiB spread over the file
+
+
+@functools.lru_cache(maxsize=64)
+def content_digest(files: tuple[tuple[str, int, int], ...]) -> str:
+    """16 hex digits of the names and contents of ``files`` (``(path, size, mtime_ns)``; size
+    and mtime only key this process's memo). A file up to ``SAMPLED_ABOVE`` bytes is read
+    whole; a bigger one (a multi-GB checkpoint) by its size and 16 evenly spread 1 MiB blocks,
+    which retraining changes as surely as the whole file."""
+    digest = hashlib.sha256()
+    for path, size, _ in files:
+        digest.update(f"{Path(path).name}:{size}:".encode())
+        with open(path, "rb") as handle:
+            if size <= SAMPLED_ABOVE:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+                continue
+            for offset in np.linspace(0, size - (1 << 20), 16).astype(np.int64):
+                handle.seek(int(offset))
+                digest.update(handle.read(1 << 20))
+    return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=16)
+def hub_commit(model_id: str) -> str:
+    """The commit a Hub model id resolves to: asked of the Hub, else read from the local Hub
+    cache (offline); ``"unknown"`` when neither answers (the model cannot load then either)."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return "unknown"
+    for local_only in (False, True):
+        try:
+            folder = snapshot_download(model_id, allow_patterns=["config.json"], local_files_only=local_only)
+        except Exception:  # offline, unknown id, no cache: try the next way
+            continue
+        return Path(folder).name  # .../snapshots/<commit>
+    return "unknown"
 
 
 def default_cache_dir() -> Path:
@@ -207,9 +248,13 @@ class FeatureCache:
     """Embeddings of texts on disk, one folder per (backbone, weights, max length, pooling,
     precision).
 
-    Shards are pairs of files ``keys-NNNNN.npy`` (hex text hashes) and
-    ``vectors-NNNNN.npy`` (float32), each written atomically, so a killed run keeps every
-    finished shard.
+    Each shard is one file ``shard-<pid>-<random>.npz`` holding the texts' keys (hex text
+    hashes) and their vectors (float32) together, written atomically under a name no other
+    process uses: concurrent runs sharing the cache each add their own shards and never
+    overwrite another's, a killed run keeps every finished shard, and keys and vectors cannot
+    come from different runs. A damaged shard (truncated, zero bytes, bad checksum, keys and
+    vectors of different lengths) is moved to ``corrupt/``, named in a warning, and its texts
+    are embedded again.
     """
 
     def __init__(self, backbone: Backbone, max_length: int, cache_dir: Path | None = None,
@@ -224,7 +269,8 @@ class FeatureCache:
             root / "features" / f"{_safe(backbone.name)}-{backbone.fingerprint()}"
             / f"L{max_length}-{backbone.pooling}{suffix}-v{FEATURE_VERSION}"
         )
-        self._index: dict[str, tuple[int, int]] | None = None
+        self._index: dict[str, tuple[str, int]] | None = None
+        self._shards_seen: set[str] = set()
 
     @staticmethod
     def text_key(text: str) -> str:
@@ -232,17 +278,43 @@ class FeatureCache:
         trailing zero bytes)."""
         return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
-    def _load_index(self) -> dict[str, tuple[int, int]]:
+    def _load_index(self, refresh: bool = False) -> dict[str, tuple[str, int]]:
+        """Key -> (shard file name, row), reading the shards not read yet (all of them the
+        first time; with ``refresh``, also those other processes wrote since)."""
         if self._index is None:
             self._check_meta()
             self._index = {}
-            for keys_file in sorted(self.folder.glob("keys-*.npy")):
-                shard = int(keys_file.stem.split("-")[1])
-                if not (self.folder / f"vectors-{shard:05d}.npy").is_file():
-                    continue  # a shard whose vectors never landed: embed again
-                for row, key in enumerate(np.load(keys_file)):
-                    self._index[str(key)] = (shard, row)
+        elif not refresh:
+            return self._index
+        for shard_file in sorted(self.folder.glob("shard-*.npz")):
+            if shard_file.name in self._shards_seen:
+                continue
+            shard = self._read_shard(shard_file)
+            if shard is None:
+                continue
+            self._shards_seen.add(shard_file.name)
+            for row, key in enumerate(shard[0]):
+                self._index.setdefault(str(key), (shard_file.name, row))
         return self._index
+
+    def _read_shard(self, shard_file: Path) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(keys, vectors)`` of a shard, checked; ``None`` (and the file set aside) when damaged."""
+        try:
+            with np.load(shard_file, allow_pickle=False) as shard:
+                keys, vectors = shard["keys"], shard["vectors"]  # reading a member checks its CRC
+            if keys.ndim != 1 or vectors.ndim != 2 or len(keys) != len(vectors):
+                raise ValueError(f"{len(keys)} keys but {len(vectors)} vectors")
+            return keys, vectors
+        except FileNotFoundError:  # set aside by another process meanwhile
+            return None
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:  # damaged
+            corrupt = self.folder / "corrupt"
+            corrupt.mkdir(exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(shard_file, corrupt / shard_file.name)
+            warnings.warn(f"feature cache shard {shard_file} is damaged ({type(exc).__name__}: {exc}); "
+                          f"moved to {corrupt}/ and its texts will be embedded again", stacklevel=3)
+            return None
 
     def _check_meta(self) -> None:
         meta_file = self.folder / "meta.json"
@@ -254,8 +326,13 @@ class FeatureCache:
             "feature_version": FEATURE_VERSION,
             "precision": self.precision,
         }
+        found = None
         if meta_file.is_file():
-            found = {"precision": "float32", **json.loads(meta_file.read_text())}  # older caches: float32
+            try:
+                found = json.loads(meta_file.read_text())
+            except ValueError:  # a cut file: the folder's name holds the same identity, so rewrite it
+                warnings.warn(f"feature cache metadata {meta_file} is damaged; written again", stacklevel=3)
+        if found is not None:
             if {k: found.get(k) for k in expected} != expected:
                 raise BackboneError(
                     f"the feature cache {self.folder} was written for {found}, not {expected}; "
@@ -267,7 +344,7 @@ class FeatureCache:
 
     def missing(self, texts: list[str]) -> list[str]:
         """The distinct texts not in the cache yet, in first-seen order."""
-        index = self._load_index()
+        index = self._load_index(refresh=True)
         seen: set[str] = set()
         result = []
         for text in texts:
@@ -278,30 +355,41 @@ class FeatureCache:
         return result
 
     def add(self, texts: list[str], vectors: np.ndarray) -> None:
-        """Store one shard of embeddings (atomically)."""
+        """Store one shard of embeddings, ``vectors`` of shape ``(len(texts), dim)`` (atomically,
+        in a file of its own)."""
         index = self._load_index()
-        shard = 1 + max((s for s, _ in index.values()), default=-1)
-        while (self.folder / f"keys-{shard:05d}.npy").exists():
-            shard += 1
+        if len(texts) != len(vectors):
+            raise ValueError(f"{len(texts)} texts but {len(vectors)} vectors")
         keys = np.array([self.text_key(t) for t in texts], dtype="U32")
-        _atomic_save(self.folder / f"vectors-{shard:05d}.npy", vectors.astype(np.float32))
-        _atomic_save(self.folder / f"keys-{shard:05d}.npy", keys)
+        name = f"shard-{os.getpid()}-{uuid.uuid4().hex[:12]}.npz"
+        with atomic_path(self.folder / name) as partial, open(partial, "wb") as handle:
+            np.savez(handle, keys=keys, vectors=np.asarray(vectors, dtype=np.float32))
+        self._shards_seen.add(name)
         for row, key in enumerate(keys):
-            index[str(key)] = (shard, row)
+            index.setdefault(str(key), (name, row))
 
     def get(self, texts: list[str]) -> np.ndarray:
         """Vectors of ``texts`` (all must be cached), shape ``(len(texts), dim)``."""
-        index = self._load_index()
-        locations = [index[self.text_key(t)] for t in texts]
-        shards = {shard: np.load(self.folder / f"vectors-{shard:05d}.npy", mmap_mode="r") for shard, _ in set(locations)}
-        if not locations:
+        if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        return np.stack([shards[shard][row] for shard, row in locations]).astype(np.float32)
-
-
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as partial, open(partial, "wb") as handle:
-        np.save(handle, array)
+        index = self._load_index()
+        keys = [self.text_key(t) for t in texts]
+        if any(key not in index for key in keys):
+            index = self._load_index(refresh=True)
+        absent = [text for text, key in zip(texts, keys) if key not in index]
+        if absent:
+            raise KeyError(f"{len(absent)} texts are not in the feature cache {self.folder}, such as {absent[0][:80]!r}")
+        locations = [index[key] for key in keys]
+        vectors = {}
+        for name in {shard for shard, _ in locations}:
+            shard = self._read_shard(self.folder / name)
+            if shard is None:
+                self._index = None
+                self._shards_seen.clear()
+                raise BackboneError(f"the feature cache shard {self.folder / name} was damaged or removed while "
+                                    "in use: run the command again (its texts will be embedded again)")
+            vectors[name] = shard[1]
+        return np.stack([vectors[name][row] for name, row in locations]).astype(np.float32)
 
 
 def embed_texts(
@@ -316,8 +404,10 @@ def embed_texts(
 ) -> np.ndarray:
     """Features of ``texts``, shape ``(len(texts), dim)``, float32, through the cache.
 
-    Only texts missing from the cache are run through the model, in batches of similar
-    length (dynamic padding), and saved shard by shard; with ``store=False`` they are not saved
+    Only texts missing from the cache are run through the model and saved shard by shard: on
+    a CPU one text at a time, so a text's features are the same bits whatever else is embedded
+    (and whatever the cache held before); on a GPU in batches of ``batch_size`` texts of one
+    token length (:func:`equal_length_batches`: no padding); with ``store=False`` they are not saved
     (texts never seen again, such as a policy's samples). ``precision`` is one of
     ``PRECISIONS`` (see the module docstring); each resolved precision has its own cache.
     """
@@ -329,8 +419,6 @@ def embed_texts(
     todo = cache.missing(texts)
     fresh: dict[str, np.ndarray] = {}  # embedded and not stored
     if todo:
-        import contextlib
-
         from tqdm.auto import tqdm
 
         tokenizer, model = load_model(backbone, cache_dir)
@@ -338,15 +426,17 @@ def embed_texts(
         # a model with fewer positions than max_length reads the last tokens it can
         max_length = min(max_length, getattr(model.config, "max_position_embeddings", None) or max_length)
         lengths = [len(ids) for ids in tokenizer(todo, truncation=True, max_length=max_length)["input_ids"]]
-        order = np.argsort(lengths, kind="stable")[::-1]
         bar = tqdm(total=len(todo), desc=f"embedding with {backbone.name}", unit="text", disable=not progress)
         pending_texts: list[str] = []
         pending_vectors: list[np.ndarray] = []
         autocast = (torch.autocast(device, dtype=torch.bfloat16) if precision == "bfloat16"
                     else contextlib.nullcontext())
         with torch.inference_mode(), autocast:
-            for start in range(0, len(order), batch_size):
-                batch = [todo[i] for i in order[start:start + batch_size]]
+            # on a CPU each text runs alone: the same shapes, so the same bits, whatever else is embedded
+            # (batches, even of equal lengths, change the matrix kernels' summation order); a GPU
+            # needs batches, so there a text's last bits can depend on its batch neighbours
+            for batch_index in equal_length_batches(lengths, batch_size if device.startswith("cuda") else 1):
+                batch = [todo[i] for i in batch_index]
                 encoded = tokenizer(batch, truncation=True, max_length=max_length, padding=True,
                                     return_tensors="pt").to(device)
                 hidden = model(**encoded).last_hidden_state
@@ -369,6 +459,17 @@ def embed_texts(
     if cached:
         fresh.update(zip(cached, cache.get(cached)))
     return np.stack([fresh[text] for text in texts]).astype(np.float32)
+
+
+def equal_length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices of ``lengths`` in batches of at most ``batch_size`` whose texts all have the same
+    token length, longest first: no text is padded (padding changes the summation order inside
+    attention, so a padded text's features depend on its longest neighbour)."""
+    by_length: dict[int, list[int]] = {}
+    for index, length in enumerate(lengths):
+        by_length.setdefault(length, []).append(index)
+    return [group[start:start + batch_size] for length in sorted(by_length, reverse=True)
+            for group in (by_length[length],) for start in range(0, len(group), batch_size)]
 
 
 def pool_hidden_states(hidden, mask, pooling: str):

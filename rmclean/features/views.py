@@ -54,7 +54,7 @@ class FeatureConfig:
     precision: str = field(default="auto", metadata={
         "help": "backbone precision: auto = bfloat16 where the hardware has it natively, else float32",
         "choices": PRECISIONS})
-    batch_size: int = field(default=32, metadata={"help": "texts per backbone batch (speed only)",
+    batch_size: int = field(default=32, metadata={"help": "texts per backbone batch on a GPU (speed only; a CPU embeds one text at a time)",
                                                   "flag": "--embed-batch-size"})
 
     def __post_init__(self) -> None:
@@ -128,5 +128,13 @@ def response_features(prompts: list[str], responses: list[str], features: Featur
     return vectors
 
 
-__all__ = ["VIEWS", "FeatureConfig", "comma_list", "feature_views", "pair_features", "response_features",
+def backbone_fingerprints(features: FeatureConfig) -> dict[str, str]:
+    """``{backbone name: weights fingerprint}`` of every backbone ``features``' views read
+    (:meth:`Backbone.fingerprint`): what a trained head records, so it is never run on
+    features from other weights."""
+    names = sorted({split_view(view, features.backbone)[0] for view in features.views})
+    return {name: resolve_backbone(name).fingerprint() for name in names}
+
+
+__all__ = ["VIEWS", "FeatureConfig", "backbone_fingerprints", "comma_list", "feature_views", "pair_features", "response_features",
            "scoring_text", "scoring_texts", "split_view"]

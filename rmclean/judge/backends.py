@@ -9,17 +9,29 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .config import CHARS_PER_TOKEN, JudgeConfig, JudgeError, estimate_tokens
+from .config import (
+    JudgeConfig,
+    JudgeError,
+    check_key_transport,
+    max_completion_tokens,
+    max_prompt_tokens,
+)
 
 
 @dataclass(frozen=True)
 class Completion:
-    """One reply with its token usage (``estimated`` when the server sent none)."""
+    """One reply with its token usage (``estimated``: upper bounds, when the server sent none)
+    and why it ended: ``finish_reason`` ``"length"`` when it was cut at ``max_tokens``."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     estimated: bool = False
+    finish_reason: str | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
 
 
 class OpenAIBackend:
@@ -29,6 +41,7 @@ class OpenAIBackend:
     def __init__(self, config: JudgeConfig, api_key: str | None):
         import openai
 
+        check_key_transport(config.effective_base_url, api_key)  # never build a client that leaks the key
         self.config = config
         self.client = openai.OpenAI(api_key=api_key or "not-needed", base_url=config.effective_base_url,
                                     max_retries=0, timeout=config.timeout_s)
@@ -52,10 +65,12 @@ class OpenAIBackend:
         if not choices or getattr(choices[0], "message", None) is None:
             raise MalformedReply(f"the server answered without a choice: {str(response)[:200]}")
         text = choices[0].message.content or ""
+        finish = getattr(choices[0], "finish_reason", None)
         usage = getattr(response, "usage", None)
         if usage is None or usage.prompt_tokens is None:
-            return Completion(text, estimate_tokens(messages), len(text) // CHARS_PER_TOKEN + 1, estimated=True)
-        return Completion(text, int(usage.prompt_tokens), int(usage.completion_tokens or 0))
+            return Completion(text, max_prompt_tokens(messages), max_completion_tokens(text, self.config.max_tokens),
+                              estimated=True, finish_reason=finish)
+        return Completion(text, int(usage.prompt_tokens), int(usage.completion_tokens or 0), finish_reason=finish)
 
 
 class MalformedReply(ValueError):
@@ -92,6 +107,9 @@ class LocalBackend:
         self.model.eval()
         pad = self.tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else self.tokenizer.eos_token_id
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        self._eos_ids = {int(i) for i in ([eos] if isinstance(eos, int) else list(eos or []))
+                         + [self.tokenizer.eos_token_id] if i is not None}
         self.config = config
         self.positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
         self._torch = torch
@@ -115,7 +133,10 @@ class LocalBackend:
                                          pad_token_id=self._pad_id,
                                          **sampling)
         new = output[0, length:]
-        return Completion(self.tokenizer.decode(new, skip_special_tokens=True).strip(), length, int(new.shape[0]))
+        ended = new.numel() > 0 and int(new[-1]) in self._eos_ids
+        finish = "length" if int(new.shape[0]) >= self.config.max_tokens and not ended else "stop"
+        return Completion(self.tokenizer.decode(new, skip_special_tokens=True).strip(), length, int(new.shape[0]),
+                          finish_reason=finish)
 
 
 class PromptTooLong(ValueError):

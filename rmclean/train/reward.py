@@ -22,7 +22,7 @@ import numpy as np
 from ..configs import to_record
 from ..data.pairs import split_invalid
 from ..features.views import FeatureConfig, feature_views
-from ..files import write_text
+from ..files import output_folder, write_json, write_text
 from ..members.reward_models import FINETUNED_FILE, HeadRewardModel, HFRewardModel, build_head, load_reward_model, pair_deltas
 from .losses import LOSSES, preference_loss
 
@@ -237,19 +237,24 @@ def _finetune(train, config: RewardTrainConfig, test_pairs: dict[str, Any], marg
     return model, metrics
 
 
+TRAINING_OUTPUTS = ("model", "metrics.json", "plots")  # what `rmclean train-rm` writes into its folder
+
+
 def write_training_report(model: HeadRewardModel | HFRewardModel, metrics: dict[str, Any],
                           folder: str | os.PathLike, data: str | None = None) -> list[Path]:
     """Write ``model/``, ``metrics.json`` (SPEC 4: final accuracy and mean margin per eval
-    set, and the curves) and ``plots/curves.png`` into ``folder``."""
+    set, and the curves) and ``plots/curves.png`` into ``folder`` as one unit
+    (:func:`rmclean.files.output_folder`)."""
     from .. import plots
 
     folder = Path(folder)
-    (folder / "plots").mkdir(parents=True, exist_ok=True)
-    written = [model.save(folder / "model")]
-    written.append(write_text(folder / "metrics.json", json.dumps({"data": data, **metrics}, indent=2) + "\n"))
-    plots.save(plots.training_curves(metrics["curves"]), folder / "plots" / "curves.png")
-    written.append(folder / "plots" / "curves.png")
-    return written
+    with output_folder(folder, owned=TRAINING_OUTPUTS, produced_by="rmclean train-rm") as staging:
+        model.save(staging / "model")
+        write_json(staging / "metrics.json", {"data": data, **metrics})
+        plots.save(plots.training_curves(metrics["curves"]), staging / "plots" / "curves.png")
+    if isinstance(model, HFRewardModel):
+        model.folder = str(folder / "model")  # it reads from its saved copy
+    return [folder / "model", folder / "metrics.json", folder / "plots" / "curves.png"]
 
 
 def metrics_text(config: RewardTrainConfig, metrics: dict[str, Any]) -> str:
