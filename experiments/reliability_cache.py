@@ -44,15 +44,16 @@ RESULTS = Path(__file__).resolve().parent / "results" / "reliability_cache"
 SCORE_FLAGS = ["--views", "transcript", "--members", "3", "--folds", "2", "--max-length", "128",
                "--precision", "float32", "--quiet"]
 SUBSETS = 4
-PAIRS_PER_SUBSET = 40
-STEP = 20  # subsets overlap by half
+PAIRS_PER_SUBSET = 24
+STEP = 12  # subsets overlap by half
 OUT_OF = {0: "A", 1: "A", 2: "B", 3: "B"}  # processes 0 and 1 write one folder, 2 and 3 another
 
 
 def write_subsets(work: Path, data_dir: Path | None) -> list[Path]:
-    pairs = rmclean.load_pairs("hh-rlhf", subset="harmless-base", limit=STEP * (SUBSETS - 1) + PAIRS_PER_SUBSET,
+    pairs = rmclean.load_pairs("hh-rlhf", subset="harmless-base", limit=2 * (STEP * (SUBSETS - 1) + PAIRS_PER_SUBSET),
                                data_dir=data_dir)
-    rows = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"])]
+    rows = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"])
+            if c.strip() and r.strip()]  # hh's empty final turns would need --allow-empty
     files = []
     for index in range(SUBSETS):
         path = work / f"subset{index}.jsonl"
@@ -72,7 +73,8 @@ def reference_scores(work: Path, subsets: list[Path]) -> list[Scores]:
     for index, subset in enumerate(subsets):
         out = work / "reference" / f"subset{index}"
         if not (out / "scores.parquet").is_file():
-            subprocess.run(score_command(subset, out, work / "reference" / f"cache{index}"), check=True)
+            subprocess.run(score_command(subset, out, work / "reference" / f"cache{index}"), check=True,
+                           stdout=subprocess.DEVNULL)
         references.append(Scores.load(out))
     return references
 
@@ -83,9 +85,10 @@ def run_round(work: Path, subsets: list[Path], rng: random.Random, kills: int) -
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     commands = {i: score_command(subsets[i], outs[OUT_OF[i]], cache) for i in range(SUBSETS)}
-    running = {i: subprocess.Popen(commands[i], stderr=subprocess.PIPE, text=True) for i in commands}
+    running = {i: subprocess.Popen(commands[i], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               for i in commands}
     starts, killed, failures = dict.fromkeys(commands, 1), 0, []
-    kill_times = sorted(rng.uniform(2.0, 40.0) for _ in range(kills))
+    kill_times = sorted(rng.uniform(2.0, 60.0) for _ in range(kills))
     began = time.monotonic()
     while running:
         time.sleep(0.05)
@@ -101,7 +104,8 @@ def run_round(work: Path, subsets: list[Path], rng: random.Random, kills: int) -
             del running[index]
             if code == -signal.SIGKILL:
                 killed += 1
-                running[index] = subprocess.Popen(commands[index], stderr=subprocess.PIPE, text=True)
+                running[index] = subprocess.Popen(commands[index], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                                  text=True)
                 starts[index] += 1
             elif code != 0:
                 failures.append({"process": index, "exit": code, "stderr": stderr.strip().splitlines()[-3:]})
@@ -141,7 +145,7 @@ def reference_feature_vectors(work: Path, subsets: list[Path]) -> dict[str, np.n
     vectors = {}
     for index, subset in enumerate(subsets):
         pairs = rmclean.load_pairs(str(subset))
-        texts = [scoring_text(p, r) for p, r in zip(pairs["prompt"] * 2, list(pairs["chosen"]) + list(pairs["rejected"]))]
+        texts = [scoring_text(p, r) for p, r in zip(list(pairs["prompt"]) * 2, list(pairs["chosen"]) + list(pairs["rejected"]))]
         cache = FeatureCache(resolve_backbone("minilm"), 128, work / "reference" / f"cache{index}", "float32")
         vectors.update(zip(texts, cache.get(texts)))
     return vectors
@@ -154,7 +158,7 @@ def markdown(record: dict) -> str:
         f"Machine: {record['machine']}, {os.cpu_count()} cores. {len(rounds)} rounds; each starts "
         f"{SUBSETS} `rmclean score` processes at once on overlapping {PAIRS_PER_SUBSET}-pair subsets of hh-rlhf "
         "harmless-base, sharing one fresh feature cache (MiniLM, 128 tokens, float32); processes 0 and 1 write "
-        "one output folder, 2 and 3 another. SIGKILLs land at random moments in the first 40 s; each killed "
+        "one output folder, 2 and 3 another. SIGKILLs land at random moments in the first 60 s; each killed "
         "process is started again until all have finished.", "",
         "| round | kills | process starts | crashes | wall s | shards | set aside | folders wrong | left behind |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",

@@ -14,6 +14,7 @@ mixes two runs, under the final name.
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import json
 import math
@@ -139,7 +140,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _remove_stale_siblings(target: Path) -> None:
     """Staging and set-aside folders of ``target`` left by runs that were killed."""
-    for sibling in target.parent.glob(f".{target.name}.*-*"):
+    for sibling in target.parent.glob(f".{glob.escape(target.name)}.*-*"):
         kind, _, owner = sibling.name[len(target.name) + 2:].partition("-")
         pid = owner.split("-")[0]
         if kind in ("staging", "old") and pid.isdigit() and not _pid_alive(int(pid)):
@@ -174,7 +175,9 @@ def output_folder(folder: str | os.PathLike, *, owned: Iterable[str] = (),
     was (or, killed in the instant between two renames, no folder: readers then ask for a
     rerun); its staging folder is removed by the next run.
     """
-    target = Path(folder)
+    target = Path(os.path.abspath(folder))
+    if target == Path.cwd() or target in Path.cwd().parents:
+        raise OutputFolderError(f"{folder} is the current folder or holds it: pass a folder of its own with --out")
     _check_replaceable(target, owned)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_siblings(target)

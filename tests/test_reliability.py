@@ -95,7 +95,10 @@ def test_a_folder_mixing_two_runs_is_refused_with_what_to_rerun(tmp_path):
         verify_folder(tmp_path / "c", rerun="rerun")
 
 
-def test_a_folder_of_the_users_own_files_is_never_replaced(tmp_path):
+def test_a_folder_of_the_users_own_files_is_never_replaced(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OutputFolderError, match="is the current folder"):
+        write_report(_scores(), ".")  # even when empty: it would move the current folder away
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("precious")
     with pytest.raises(OutputFolderError, match=r"holds files rmclean did not write \(thesis.tex\)"):
