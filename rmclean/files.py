@@ -190,9 +190,8 @@ def output_folder(folder: str | os.PathLike, *, owned: Iterable[str] = (),
         manifest = {"format": MANIFEST_FORMAT, "run_id": run_id, "produced_by": produced_by,
                     "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": files}
         write_json(staging / MANIFEST, manifest)
-        for path in staging.rglob("*"):
-            if path.is_dir():
-                fsync_path(path)
+        for path in [*staging.rglob("*"), staging]:  # every file's data and every folder's entries on disk
+            fsync_path(path)
         _check_replaceable(target, owned)  # another process may have filled it meanwhile
         _swap_in(staging, target, target.with_name(f".{target.name}.old-{run_id}"))
     finally:
