@@ -175,7 +175,7 @@ def output_folder(folder: str | os.PathLike, *, owned: Iterable[str] = (),
     was (or, killed in the instant between two renames, no folder: readers then ask for a
     rerun); its staging folder is removed by the next run.
     """
-    target = Path(os.path.abspath(folder))
+    target = Path(os.path.realpath(folder))  # a symlinked --out: the folder it points to is replaced
     if target == Path.cwd() or target in Path.cwd().parents:
         raise OutputFolderError(f"{folder} is the current folder or holds it: pass a folder of its own with --out")
     _check_replaceable(target, owned)
