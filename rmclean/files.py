@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -128,7 +128,8 @@ def _files_under(folder: Path) -> list[str]:
     return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine is running (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -143,7 +144,7 @@ def _remove_stale_siblings(target: Path) -> None:
     for sibling in target.parent.glob(f".{glob.escape(target.name)}.*-*"):
         kind, _, owner = sibling.name[len(target.name) + 2:].partition("-")
         pid = owner.split("-")[0]
-        if kind in ("staging", "old") and pid.isdigit() and not _pid_alive(int(pid)):
+        if kind in ("staging", "old") and pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(sibling, ignore_errors=True)
 
 
@@ -197,6 +198,27 @@ def output_folder(folder: str | os.PathLike, *, owned: Iterable[str] = (),
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish_folder(build: Callable[[Path], Any], folder: str | os.PathLike) -> Path:
+    """Build a folder that never changes once made (a model rebuilt into the cache): ``build``
+    fills a staging folder of this process's own, which is then renamed to ``folder``. When
+    another process published it first, its copy is kept and this one discarded."""
+    target = Path(folder)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.staging-{_unique_suffix()}")
+    staging.mkdir()
+    try:
+        build(staging)
+        fsync_path(staging)
+        try:
+            os.rename(staging, target)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not target.is_dir():
+                raise
+        return target
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _swap_in(staging: Path, target: Path, old: Path, attempts: int = 20) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,18 +119,25 @@ def _rows(count):
     return rows
 
 
-def test_compare_stage_bon_end_to_end(tiny_policy, tiny_backbone, tmp_path, monkeypatch):
+def _stage_config(tmp_path, tiny_backbone, seeds: int, **stage) -> Path:
+    """A policy-stage config file over 100 synthetic pairs on tiny-BERT features, with ``stage``
+    (``bon=...`` or ``ppo=...``) as its stage section."""
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in _rows(100)))
-    config = {"source": str(data), "seeds": 2,
+    config = {"source": str(data), "seeds": seeds,
               "score": {"backbone": tiny_backbone, "views": ["transcript"], "max_length": 32, "members": 3, "folds": 3},
               "reward": {"epochs": 20, "learning_rate": 0.01, "weight_decay": 0.0},
               "gold": {"backbone": tiny_backbone, "views": ["transcript", "response"], "max_length": 32,
                        "epochs": 20, "learning_rate": 0.01, "weight_decay": 0.0},
-              "downstream": {"prompts": 6, "resamples": 200},
-              "bon": {"samples": 4, "max_new_tokens": 8, "policy": tiny_policy}}
+              "downstream": {"prompts": 6, "resamples": 200}, **stage}
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
+    return path
+
+
+def test_compare_stage_bon_end_to_end(tiny_policy, tiny_backbone, tmp_path, monkeypatch):
+    path = _stage_config(tmp_path, tiny_backbone, seeds=2,
+                         bon={"samples": 4, "max_new_tokens": 8, "policy": tiny_policy})
     out = tmp_path / "bon"
     assert main(["compare", "--stage", "bon", str(path), "--out", str(out), "--quiet"]) == 0
     record = json.loads((out / "bon.json").read_text())
@@ -180,19 +188,10 @@ def test_compare_stage_ppo_trains_each_arm_once_and_judges_it_with_the_gold_mode
     import rmclean.downstream.ppo as stage
     import rmclean.train.rollout as rollout
 
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in _rows(100)))
-    config = {"source": str(data), "seeds": 1,
-              "score": {"backbone": tiny_backbone, "views": ["transcript"], "max_length": 32, "members": 3, "folds": 3},
-              "reward": {"epochs": 20, "learning_rate": 0.01, "weight_decay": 0.0},
-              "gold": {"backbone": tiny_backbone, "views": ["transcript", "response"], "max_length": 32,
-                       "epochs": 20, "learning_rate": 0.01, "weight_decay": 0.0},
-              "downstream": {"prompts": 6, "resamples": 200},
-              "ppo": {"arms": ["noisy", "oracle"], "policy": tiny_policy, "updates": 3, "batch_size": 4,
-                      "policy_lr": 1e-2, "critic_lr": 1e-2,
-                      "max_new_tokens": 8, "eval_prompts": 2, "critic_warmup": 1, "eval_samples": 2}}
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(config))
+    path = _stage_config(tmp_path, tiny_backbone, seeds=1,
+                         ppo={"arms": ["noisy", "oracle"], "policy": tiny_policy, "updates": 3, "batch_size": 4,
+                              "policy_lr": 1e-2, "critic_lr": 1e-2, "max_new_tokens": 8, "eval_prompts": 2,
+                              "critic_warmup": 1, "eval_samples": 2})
     out = tmp_path / "ppo"
     trained = []
     original = stage.train_ppo
@@ -227,6 +226,7 @@ def test_compare_stage_ppo_trains_each_arm_once_and_judges_it_with_the_gold_mode
     monkeypatch.setenv("RMCLEAN_CACHE_DIR", str(tmp_path / "feature-cache"))
     monkeypatch.setattr(stage, "train_ppo", lambda prompts, model, *a, **k: trained.append(model.describe()["weights"])
                         or original(prompts, model, *a, **k))
+    config = json.loads(path.read_text())
     config["ppo"]["arms"] = ["noisy", "flip", "oracle"]
     path.write_text(json.dumps(config))
     assert main(["compare", "--stage", "ppo", str(path), "--out", str(out), "--quiet"]) == 0

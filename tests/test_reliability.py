@@ -121,6 +121,15 @@ def test_staging_folders_of_killed_runs_are_cleaned_up(tmp_path):
     assert not stale.exists() and mine.exists()
 
 
+def test_a_folder_built_once_is_published_by_the_first_process_only(tmp_path):
+    from rmclean.files import publish_folder
+
+    first = publish_folder(lambda staging: (staging / "weights").write_text("first"), tmp_path / "model")
+    second = publish_folder(lambda staging: (staging / "weights").write_text("second"), tmp_path / "model")
+    assert first == second and (first / "weights").read_text() == "first"  # no mix, no error
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # no staging folder left
+
+
 def test_a_head_reward_model_is_saved_as_one_unit(tiny_reward_model, tmp_path, monkeypatch):
     from rmclean.members import reward_models
     from rmclean.members.reward_models import load_reward_model

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..files import atomic_path, write_text
+from ..files import atomic_path, file_digest, publish_folder, write_json
 
 CACHE_ENV = "RMCLEAN_CACHE_DIR"
 FEATURE_VERSION = 2  # bump when features or the shard format change: old caches are not reused
@@ -87,11 +87,10 @@ def content_digest(files: tuple[tuple[str, int, int], ...]) -> str:
     digest = hashlib.sha256()
     for path, size, _ in files:
         digest.update(f"{Path(path).name}:{size}:".encode())
+        if size <= SAMPLED_ABOVE:
+            digest.update(file_digest(path).encode())
+            continue
         with open(path, "rb") as handle:
-            if size <= SAMPLED_ABOVE:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-                continue
             for offset in np.linspace(0, size - (1 << 20), 16).astype(np.int64):
                 handle.seek(int(offset))
                 digest.update(handle.read(1 << 20))
@@ -233,11 +232,7 @@ def _dequantized_folder(backbone: Backbone, cache_dir: Path) -> Path:
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(quantized.state_dict())
-    partial = folder.with_name(folder.name + ".partial")
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    partial.rename(folder)
-    return folder
+    return publish_folder(lambda staging: (model.save_pretrained(staging), tokenizer.save_pretrained(staging)), folder)
 
 
 def _safe(name: str) -> str:
@@ -340,7 +335,7 @@ class FeatureCache:
                 )
         else:
             self.folder.mkdir(parents=True, exist_ok=True)
-            write_text(meta_file, json.dumps(expected, indent=2))
+            write_json(meta_file, expected)
 
     def missing(self, texts: list[str]) -> list[str]:
         """The distinct texts not in the cache yet, in first-seen order."""

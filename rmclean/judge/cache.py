@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import pid_alive
 from .config import JudgeConfig, JudgeError
 from .prompt import Template
 
@@ -198,15 +199,7 @@ def _owner_alive(owner: str) -> bool:
         host, pid = parts[0], int(parts[1])
     except (IndexError, ValueError):
         return True
-    if host != socket.gethostname() or pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
+    return host != socket.gethostname() or pid == os.getpid() or pid_alive(pid)
 
 
 def default_cache_path() -> Path:

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..configs import to_record
 from ..data.chat import first_turn, to_hh
-from ..files import atomic_path, write_text
+from ..files import atomic_path, output_folder, write_json, write_text
 from ..members.reward_models import as_scorer
 from .ppo_math import (RunningMoments, gae, kl_estimates, masked_mean, ppo_losses, scale_scores, token_rewards,
                        whiten)
@@ -436,15 +436,11 @@ def write_ppo(result: PPOResult, out: str | os.PathLike) -> list[Path]:
 
     out = Path(out)
     policy_folder = out / "policy"
-    partial = out / "policy.partial"
-    result.policy.save_pretrained(partial)
-    result.tokenizer.save_pretrained(partial)
-    if policy_folder.exists():
-        import shutil
-
-        shutil.rmtree(policy_folder)
-    os.replace(partial, policy_folder)
-    written = [policy_folder, write_text(out / "summary.json", json.dumps(result.summary, indent=2, default=str) + "\n")]
+    earlier = [entry.name for entry in policy_folder.iterdir()] if policy_folder.is_dir() else []  # ours, any version
+    with output_folder(policy_folder, owned=earlier, produced_by="rmclean ppo") as staging:
+        result.policy.save_pretrained(staging)
+        result.tokenizer.save_pretrained(staging)
+    written = [policy_folder, write_json(out / "summary.json", result.summary)]
     (out / "plots").mkdir(exist_ok=True)
     plots.save(plots.ppo_curves(result.metrics), out / "plots" / "curves.png")
     return written + [out / "plots" / "curves.png", out / "metrics.jsonl", out / "samples.jsonl"]

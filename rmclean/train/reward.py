@@ -11,7 +11,6 @@ and the PPO trainer read back with :func:`load_reward_model`.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 from ..configs import to_record
 from ..data.pairs import split_invalid
 from ..features.views import FeatureConfig, feature_views
-from ..files import output_folder, write_json, write_text
+from ..files import output_folder, write_json
 from ..members.reward_models import FINETUNED_FILE, HeadRewardModel, HFRewardModel, build_head, load_reward_model, pair_deltas
 from .losses import LOSSES, preference_loss
 
@@ -228,7 +227,7 @@ def _finetune(train, config: RewardTrainConfig, test_pairs: dict[str, Any], marg
     folder = Path(tempfile.mkdtemp(prefix="rmclean-reward-"))
     network.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    write_text(folder / FINETUNED_FILE, json.dumps({"max_length": config.features.max_length, "config": to_record(config)}) + "\n")
+    write_json(folder / FINETUNED_FILE, {"max_length": config.features.max_length, "config": to_record(config)}, indent=None)
     model = HFRewardModel(str(folder), max_length=config.features.max_length)
     final = {name: preference_metrics(pair_deltas(model, pairs)) for name, pairs in test_pairs.items()}
     metrics = {"eval": final, "train": preference_metrics(pair_deltas(model, train)),
