@@ -18,6 +18,7 @@ import numpy as np
 
 from .configs import to_record
 from .data.pairs import load_recorded, split_invalid
+from .distributed import main_process_continues
 from .features.backbones import model_folder, resolve_backbone, resolve_precision
 from .features.views import FeatureConfig, feature_views, scoring_texts, split_view
 from .files import atomic_path, output_folder, verify_folder, write_json
@@ -34,13 +35,26 @@ def _group_by(text: str) -> str | None:
     return None if text.lower() == "none" else text
 
 
+def split_members(total: int, views: int) -> list[int]:
+    """``total`` seeded members split across ``views`` feature views as evenly as possible,
+    earlier views getting the extra one: 10 over 3 views -> ``[4, 3, 3]``."""
+    if total < views:
+        raise ValueError(
+            f"members is the total over all feature views and each view needs at least one: {total} member(s) "
+            f"cannot cover {views} views; use --members {views} or more, or fewer --views"
+        )
+    base, extra = divmod(total, views)
+    return [base + (number < extra) for number in range(views)]
+
+
 @dataclass(frozen=True)
 class ScoreConfig:
     """Everything that decides the numbers. Defaults follow the paper where it has one
     (M = 10 members) and our CPU measurements elsewhere (README, "Scoring")."""
 
     features: FeatureConfig = field(default=FeatureConfig(), metadata={"flatten": True})
-    members: int = field(default=10, metadata={"help": "ensemble members per fold (paper: 10)"})
+    members: int = field(default=10, metadata={
+        "help": "ensemble members in total, split across feature views (paper: M = 10)"})
     folds: int = field(default=5, metadata={"help": "cross-fitting folds; 1 = in-sample as in the paper"})
     member_type: str = field(default="heads", metadata={
         "help": "heads on cached frozen features (CPU default) or full fine-tunes (GPU path)", "choices": MEMBER_TYPES})
@@ -73,6 +87,8 @@ class ScoreConfig:
         if self.member_type not in MEMBER_TYPES:
             raise ValueError(f"member_type must be 'heads' or 'finetune', got {self.member_type!r}")
         if self.members:
+            if self.member_type == "heads":  # each view needs a member of its own
+                split_members(self.members, len(self.features.views))
             self.head_config()  # validates folds, head and C
 
     def finetune_config(self) -> FinetuneConfig:
@@ -86,6 +102,14 @@ class ScoreConfig:
         return HeadConfig(
             members=self.members, folds=self.folds, head=self.head, C=self.C, bootstrap=self.bootstrap, seed=self.seed
         )
+
+    @property
+    def members_per_view(self) -> list[int]:
+        """Seeded heads per feature view (``members`` is the total, see :func:`split_members`);
+        empty for fine-tuned members, which use no views, and for ``members=0``."""
+        if self.member_type != "heads" or not self.members:
+            return []
+        return split_members(self.members, len(self.features.views))
 
     @property
     def raw_scale(self) -> bool:
@@ -166,12 +190,16 @@ class Scores:
 
 
 def score(pairs, config: ScoreConfig = ScoreConfig(), *, cache_dir: str | os.PathLike | None = None,
-          progress: bool = True) -> Scores:
+          progress: bool = True, main_only: bool = False) -> Scores | None:
     """Score every valid pair of ``pairs`` (a dataset from :func:`rmclean.load_pairs`).
 
     Rows flagged ``invalid`` are not scored (they have no texts); the result holds the
     other pairs in input order. Each source (``config.group_by``) gets its own members;
     sources smaller than ``config.min_group_size`` are pooled together.
+
+    Under ``accelerate launch`` every process embeds its share of the texts
+    (:mod:`rmclean.distributed`); with ``main_only`` the other processes then return ``None``
+    and the main one alone trains the heads (without it, every process trains them).
     """
     timings: dict[str, float] = {}
     valid, invalid = split_invalid(pairs)
@@ -186,6 +214,8 @@ def score(pairs, config: ScoreConfig = ScoreConfig(), *, cache_dir: str | os.Pat
     if config.members and config.member_type == "heads":
         started = time.perf_counter()
         views = feature_views(valid, features, cache_dir=cache_dir, progress=progress)
+        if main_only and not main_process_continues():
+            return None  # a launched run: the features are in the cache, the main process goes on alone
         timings["features_s"] = time.perf_counter() - started
         started = time.perf_counter()
         columns.append(view_margins(views, groups, config.head_config(), progress=progress))
@@ -216,7 +246,8 @@ def score(pairs, config: ScoreConfig = ScoreConfig(), *, cache_dir: str | os.Pat
         "config": to_record(config),
         "mode": config.mode,
         "members": {"seeded": config.members, "member_type": config.member_type,
-                    "views": list(features.views) if config.member_type == "heads" and config.members else [],
+                    "views": list(features.views) if config.members_per_view else [],
+                    "per_view": config.members_per_view,
                     "reward_models": list(config.reward_models),
                     "scale": "raw reward" if config.raw_scale else "per-member std"},
         "backbone": _describe_backbone(backbone),
@@ -238,13 +269,17 @@ def score(pairs, config: ScoreConfig = ScoreConfig(), *, cache_dir: str | os.Pat
 
 def view_margins(views: list[tuple[np.ndarray, np.ndarray]], groups: dict[str, np.ndarray],
                  head_config: HeadConfig, progress: bool = False) -> np.ndarray:
-    """Members of every feature view side by side, ``(n_pairs, members * len(views))``.
+    """Members of every feature view side by side, ``(n_pairs, head_config.members)``:
+    ``head_config.members`` is the total, split across the views by :func:`split_members`
+    (columns of the first view first); each view gets seed ``head_config.seed + 100 * view``.
 
     With one view the margins keep the raw reward scale. With several, each member's margins
     are divided by their std over pairs, so every view votes on the same scale.
     """
+    split = split_members(head_config.members, len(views))
     columns = [
-        ensemble_margins(chosen, rejected, groups, replace(head_config, seed=head_config.seed + 100 * number), progress)
+        ensemble_margins(chosen, rejected, groups,
+                         replace(head_config, members=split[number], seed=head_config.seed + 100 * number), progress)
         for number, (chosen, rejected) in enumerate(views)
     ]
     if len(columns) == 1:
@@ -365,6 +400,10 @@ def summary_text(metadata: dict[str, Any], written: dict[str, Path]) -> str:
     summary = metadata["summary"]
     config = metadata["config"]
     members = f"{config['members']} {config['head'] if config['member_type'] == 'heads' else 'fine-tuned'} members per fold"
+    per_view = metadata.get("members", {}).get("per_view") or []
+    if len(per_view) > 1:
+        members += (f" ({per_view[0]} per view x {len(per_view)} views)" if len(set(per_view)) == 1
+                    else f" ({' + '.join(map(str, per_view))} over {len(per_view)} views)")
     if config["reward_models"]:
         members += f" + {len(config['reward_models'])} reward model(s)"
     lines = [

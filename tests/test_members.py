@@ -32,7 +32,7 @@ def test_finetuned_members_learn_and_score_held_out_pairs(tiny_backbone, pairs):
                    progress=False)
     assert scores.member_margins.shape == (48, 2)
     assert (scores.member_margins > 0).mean() > 0.9  # each pair scored by members that never saw it
-    assert scores.metadata["members"] == {"seeded": 2, "member_type": "finetune", "views": [],
+    assert scores.metadata["members"] == {"seeded": 2, "member_type": "finetune", "views": [], "per_view": [],
                                           "reward_models": [], "scale": "raw reward"}
     assert scores.metadata["collapsed_pairs"] is None
 
@@ -61,8 +61,9 @@ def test_reward_models_alone_and_mixed_with_seeded_members(trained_reward_model,
     mixed = score(pairs, ScoreConfig(features=FeatureConfig(max_length=32), members=2, folds=2,
                                      reward_models=(trained_reward_model,), group_by=None),
                   cache_dir=tmp_path, progress=False)
-    assert mixed.member_margins.shape == (48, 5)  # 2 members x 2 default views + 1 reward model
-    np.testing.assert_allclose(mixed.member_margins[:, 4], unit, rtol=1e-5)
+    assert mixed.member_margins.shape == (48, 3)  # 2 members in total (1 per default view) + 1 reward model
+    assert mixed.metadata["members"]["per_view"] == [1, 1]
+    np.testing.assert_allclose(mixed.member_margins[:, 2], unit, rtol=1e-5)
 
 
 def test_one_reward_model_alone_is_not_an_ensemble(trained_reward_model):

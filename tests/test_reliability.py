@@ -18,7 +18,9 @@ import pytest
 
 import rmclean
 from rmclean import files
-from rmclean.features.backbones import BackboneError, FeatureCache, embed_texts, resolve_backbone
+from rmclean.features.backbones import BackboneError, resolve_backbone
+from rmclean.features.cache import FeatureCache
+from rmclean.features.embedding import embed_texts
 from rmclean.files import OutputFolderError, atomic_path, output_folder, verify_folder
 from rmclean.score import Scores, load_scored, write_report
 
@@ -212,10 +214,10 @@ def test_features_do_not_depend_on_their_batch_neighbours(tmp_path):
 
 CONCURRENT_WRITER = textwrap.dedent("""
     import sys, numpy as np
-    from rmclean.features import backbones
-    backbones.SHARD_SIZE = 4
+    from rmclean.features import backbones, embedding
+    embedding.SHARD_SIZE = 4
     texts = sys.argv[3].split("|")
-    vectors = backbones.embed_texts(backbones.resolve_backbone(sys.argv[1]), texts, 32, batch_size=4,
+    vectors = embedding.embed_texts(backbones.resolve_backbone(sys.argv[1]), texts, 32, batch_size=4,
                                     cache_dir=sys.argv[2], progress=False, precision="float32")
     np.save(sys.argv[4], vectors)
 """)

@@ -10,8 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import rmclean
-from rmclean.features import backbones
-from rmclean.features.backbones import BackboneError, FeatureCache, embed_texts, resolve_backbone
+from rmclean.features import backbones, embedding
+from rmclean.features.backbones import BackboneError, resolve_backbone
+from rmclean.features.cache import FeatureCache
+from rmclean.features.embedding import embed_texts
 from rmclean.cli import main
 from rmclean.members.heads import HeadConfig, member_margins
 from rmclean.features.views import FeatureConfig, feature_views, scoring_text
@@ -101,7 +103,7 @@ def test_unknown_backbone_says_what_to_use():
         resolve_backbone("no-such-model")
 
 
-REAL_POOL = backbones.pool_hidden_states
+REAL_POOL = embedding.pool_hidden_states
 
 
 class SimulatedKill(Exception):
@@ -109,7 +111,7 @@ class SimulatedKill(Exception):
 
 
 class CountingPool:
-    """Stands in for backbones.pool_hidden_states: counts embedded texts, and can die part-way."""
+    """Stands in for embedding.pool_hidden_states: counts embedded texts, and can die part-way."""
 
     def __init__(self, stop_after: int | None = None):
         self.texts, self.stop_after = 0, stop_after
@@ -124,13 +126,13 @@ class CountingPool:
 def test_feature_cache_embeds_each_text_once_and_resumes(tmp_path, monkeypatch):
     backbone = resolve_backbone("minilm")
     texts = [f"\n\nHuman: question {i}?\n\nAssistant: answer {i}" for i in range(40)]
-    monkeypatch.setattr(backbones, "SHARD_SIZE", 8)
-    monkeypatch.setattr(backbones, "pool_hidden_states", CountingPool(stop_after=24))
+    monkeypatch.setattr(embedding, "SHARD_SIZE", 8)
+    monkeypatch.setattr(embedding, "pool_hidden_states", CountingPool(stop_after=24))
     with pytest.raises(SimulatedKill):
         embed_texts(backbone, texts, max_length=64, batch_size=8, cache_dir=tmp_path, progress=False)
     assert len(FeatureCache(backbone, 64, tmp_path).missing(texts)) == 16  # three shards survived
     counter = CountingPool()
-    monkeypatch.setattr(backbones, "pool_hidden_states", counter)
+    monkeypatch.setattr(embedding, "pool_hidden_states", counter)
     features = embed_texts(backbone, texts + texts[:5], max_length=64, batch_size=8, cache_dir=tmp_path, progress=False)
     assert counter.texts == 16  # only what the killed run had not finished
     assert features.shape == (45, 384)
@@ -191,7 +193,7 @@ def test_same_seed_same_numbers_and_cached_rerun_does_no_backbone_work(harmless_
     def no_model(*args, **kwargs):
         raise AssertionError("the backbone was loaded although every text is cached")
 
-    monkeypatch.setattr(backbones, "load_model", no_model)
+    monkeypatch.setattr(embedding, "load_model", no_model)
     again = score(harmless_120, SMALL, cache_dir=cache_dir, progress=False)
     np.testing.assert_array_equal(first.member_margins, again.member_margins)
     other_config = ScoreConfig(features=FeatureConfig(views=("transcript",)), members=5, folds=1, head="mlp")
@@ -224,18 +226,20 @@ def test_sources_get_their_own_members(data_dir, cache_dir):
 
 def test_cli_score_writes_the_spec_files(real_data_env, cache_dir, tmp_path, capsys):
     out = tmp_path / "scores"
-    code = main(["score", "hh-rlhf", "--subset", "harmless-base", "--limit", "120", "--members", "3",
+    code = main(["score", "hh-rlhf", "--subset", "harmless-base", "--limit", "120", "--members", "4",
                  "--folds", "3", "--cache-dir", str(cache_dir), "--out", str(out), "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "scored 120 pairs" in printed and "ensemble accuracy" in printed
+    assert "with 4 linear members per fold (2 per view x 2 views), 3-fold" in printed
     table = pq.read_table(out / "scores.parquet")
     assert table.column_names == ["pair_id", "strength_mean", "strength_std", "member_margins", "mode"]
     frame = table.to_pandas()
-    assert len(frame) == 120 and all(len(m) == 6 for m in frame["member_margins"])  # 3 members x 2 default views
+    assert len(frame) == 120 and all(len(m) == 4 for m in frame["member_margins"])  # 4 in total over 2 default views
     summary = json.loads((out / "summary.json").read_text())
     assert summary["source"]["source"] == "hh-rlhf" and summary["source"]["subset"] == ["harmless-base"]
-    assert summary["config"]["members"] == 3 and summary["mode"] == "3-fold"
+    assert summary["config"]["members"] == 4 and summary["mode"] == "3-fold"
+    assert summary["members"]["seeded"] == 4 and summary["members"]["per_view"] == [2, 2]
     assert {"torch", "transformers", "rmclean"} <= set(summary["versions"])
     assert 0 <= summary["summary"]["fraction_negative"] <= 1
     assert (out / "plots" / "strength_hist.png").stat().st_size > 1000
@@ -251,6 +255,9 @@ def test_cli_score_writes_the_spec_files(real_data_env, cache_dir, tmp_path, cap
 def test_cli_score_bad_options_are_clear_errors(real_data_env, capsys):
     assert main(["score", "hh-rlhf", "--members", "1", "--limit", "10"]) == 1
     assert "members must be at least 2" in capsys.readouterr().err
+    assert main(["score", "hh-rlhf", "--members", "2", "--views", "transcript,response,response+prompt",
+                 "--limit", "10"]) == 1
+    assert "each view needs at least one: 2 member(s) cannot cover 3 views" in capsys.readouterr().err
     assert main(["score", "hh-rlhf", "--backbone", "nonsense", "--limit", "10"]) == 1
     assert "unknown backbone 'nonsense'" in capsys.readouterr().err
 
@@ -293,9 +300,10 @@ def test_feature_views(harmless_120, cache_dir):
 
 
 def test_several_views_train_their_own_members_on_one_scale(harmless_120, cache_dir):
-    config = ScoreConfig(features=FeatureConfig(views=("transcript", "response+prompt")), members=3, folds=3)
+    config = ScoreConfig(features=FeatureConfig(views=("transcript", "response+prompt")), members=6, folds=3)
     scores = score(harmless_120, config, cache_dir=cache_dir, progress=False)
-    assert scores.member_margins.shape == (120, 6)
+    assert scores.member_margins.shape == (120, 6)  # 6 members in total, 3 per view
+    assert scores.metadata["members"]["per_view"] == [3, 3]
     np.testing.assert_allclose(scores.member_margins.std(axis=0), 1.0, rtol=1e-6)
     assert scores.metadata["members"]["views"] == ["transcript", "response+prompt"]
     assert scores.metadata["members"]["scale"] == "per-member std"
@@ -308,7 +316,7 @@ def test_several_views_train_their_own_members_on_one_scale(harmless_120, cache_
 def test_views_can_name_their_backbone(harmless_120, cache_dir, tiny_backbone):
     config = ScoreConfig(features=FeatureConfig(views=("transcript", f"{tiny_backbone}:response")), members=2, folds=2)
     scores = score(harmless_120, config, cache_dir=cache_dir, progress=False)
-    assert scores.member_margins.shape == (120, 4)
+    assert scores.member_margins.shape == (120, 2)  # one member per view
     backbones = scores.metadata["view_backbones"]
     assert backbones["transcript"]["name"] == "minilm"
     assert backbones[f"{tiny_backbone}:response"]["path"] == tiny_backbone

@@ -22,6 +22,7 @@ from ..downstream import (best_of_n, bon_markdown, policy_stage, ppo_markdown, r
                           write_policy_stage)
 from ..denoise import DenoiseConfig, apply_actions, denoise_summary, summary_text as denoise_summary_text
 from ..export import write_denoised
+from ..distributed import is_main_process
 from ..files import verify_folder
 from ..judge import JudgeConfig, JudgeError, price_for, read_price_table
 from ..members.reward_models import load_reward_model
@@ -48,7 +49,10 @@ def run_inspect(args: argparse.Namespace) -> int:
 def run_score(args: argparse.Namespace) -> int:
     loading = source_arguments(args)
     pairs = load_pairs(args.source, **loading)
-    scores = score(pairs, config_from_args(ScoreConfig, args), cache_dir=args.cache_dir, progress=not args.quiet)
+    scores = score(pairs, config_from_args(ScoreConfig, args), cache_dir=args.cache_dir, progress=not args.quiet,
+                   main_only=True)
+    if scores is None or not is_main_process():
+        return 0  # launched distributed: this process did its share, the main one writes the outputs
     written = write_report(scores, args.out, source=recorded_source(args.source, loading))
     print(score_summary_text(scores.metadata, written))
     return 0

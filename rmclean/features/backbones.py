@@ -11,39 +11,37 @@ Backbones by name:
   pooling, encoders mean pooling.
 
 Texts are truncated on the **left** so the end of a dialogue, the response, is kept.
-Features are cached under ``$RMCLEAN_CACHE_DIR`` (default ``~/.cache/rmclean``) keyed by
-backbone, its weights' fingerprint, max length, precision and text hash; each distinct text
-is embedded once, and a killed run resumes from the shards already written.
+Embedding is :mod:`rmclean.features.embedding` (and :mod:`rmclean.features.prefix` for pairs
+on a decoder); features are cached by :mod:`rmclean.features.cache`.
 
 Precision ``auto`` runs the backbone under bfloat16 autocast where the hardware has native
 bfloat16 (a CUDA GPU that supports it, or a CPU with AVX512-BF16 / AMX): about 2.5-3x faster
 on such a CPU, features within cosine 0.9999 of float32. Elsewhere it is float32.
+``int8`` runs the linear layers with int8 weights and activations (PyTorch's dynamic
+quantization, CPU only): faster on a CPU without native bfloat16, at a cost in fidelity that
+``experiments/bench_features.py`` measures.
+
+``layer=K`` stops the backbone after its K-th block (the rest is never run, so it costs K/N of
+the full pass) and pools that block's states, through the model's final norm.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import importlib.util
-import json
 import os
-import uuid
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..files import atomic_path, file_digest, publish_folder, write_json
+from ..files import file_digest, publish_folder
 
 CACHE_ENV = "RMCLEAN_CACHE_DIR"
-FEATURE_VERSION = 2  # bump when features or the shard format change: old caches are not reused
-# (2: one file per shard; on a CPU each text embedded alone, so its features never depend on neighbours)
-SHARD_SIZE = 512  # texts per cache shard (written atomically as embedding goes)
-PRECISIONS = ("auto", "float32", "bfloat16")
+PRECISIONS = ("auto", "float32", "bfloat16", "int8")
 
 
 class BackboneError(RuntimeError):
@@ -127,15 +125,16 @@ def embedding_device() -> str:
 
 
 def resolve_precision(precision: str, device: str | None = None) -> str:
-    """``float32`` or ``bfloat16``: what ``precision`` (one of ``PRECISIONS``) means on
+    """``float32``, ``bfloat16`` or ``int8``: what ``precision`` (one of ``PRECISIONS``) means on
     ``device`` (default: :func:`embedding_device`)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    device = device or embedding_device()
+    if precision == "int8" and not device.startswith("cpu"):
+        raise ValueError("precision int8 (dynamic quantization) runs on a CPU only; use auto or bfloat16 on a GPU")
     if precision != "auto":
         return precision
     import torch
-
-    device = device or embedding_device()
 
     if device.startswith("cuda"):
         native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -192,22 +191,65 @@ def _is_decoder(config: Any) -> bool:
 
 
 @functools.lru_cache(maxsize=4)
-def load_model(backbone: Backbone, cache_dir: Path | None = None):
-    """``(tokenizer, model)`` in eval mode with dropout off; GGUF weights are dequantized
-    once and saved under the cache (transformers refuses to save a model marked quantized).
-    A loaded backbone is kept for the process's later calls (a reward model asked on every PPO
-    update would otherwise load it again each time); its weights are never changed."""
-    from transformers import AutoModel, AutoTokenizer
+def load_tokenizer(backbone: Backbone, cache_dir: Path | None = None):
+    """The backbone's tokenizer: left truncation (the response is kept), right padding, a pad
+    token (its EOS where it has none)."""
+    from transformers import AutoTokenizer
 
-    source = str(model_folder(backbone, cache_dir))
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModel.from_pretrained(source, attn_implementation="sdpa")
-    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_folder(backbone, cache_dir)))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.truncation_side = "left"
     tokenizer.padding_side = "right"
-    return tokenizer, model
+    return tokenizer
+
+
+@functools.lru_cache(maxsize=8)
+def load_model(backbone: Backbone, cache_dir: Path | None = None, layer: int | None = None,
+               precision: str = "float32"):
+    """``(tokenizer, model)`` in eval mode with dropout off; GGUF weights are dequantized
+    once and saved under the cache (transformers refuses to save a model marked quantized).
+    ``layer=K`` keeps only the first K blocks; ``precision="int8"`` quantizes the linear
+    layers (dynamic int8, CPU). A loaded backbone is kept for the process's later calls (a
+    reward model asked on every PPO update would otherwise load it again each time); its
+    weights are never changed."""
+    import logging
+
+    from transformers import AutoConfig, AutoModel
+
+    source = str(model_folder(backbone, cache_dir))
+    overrides = {}
+    if layer is not None:
+        config = AutoConfig.from_pretrained(source)
+        key = _block_key(config)
+        if not 1 <= layer <= getattr(config, key):
+            raise BackboneError(f"layer must be between 1 and {getattr(config, key)} for {backbone.name}, got {layer}")
+        overrides[key] = layer
+    quiet = logging.getLogger("transformers.modeling_utils")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the blocks left out are "unused weights": expected here
+    try:
+        model = AutoModel.from_pretrained(source, attn_implementation="sdpa", **overrides)
+    finally:
+        quiet.setLevel(level)
+    model.eval()
+    if precision == "int8":
+        import torch
+
+        with warnings.catch_warnings():  # deprecated in favour of torchao, which is no dependency of ours
+            warnings.simplefilter("ignore")
+            from torch.ao.quantization import per_channel_dynamic_qconfig  # per output channel: closer to float32
+
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig})
+    return load_tokenizer(backbone, cache_dir), model
+
+
+def _block_key(config: Any) -> str:
+    """The name of the config setting that holds the number of blocks."""
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(getattr(config, key, None), int):
+            return key
+    raise BackboneError(f"cannot tell how many blocks {type(config).__name__} has, so --layer cannot apply")
 
 
 def model_folder(backbone: Backbone, cache_dir: Path | None = None) -> str | Path:
@@ -237,246 +279,3 @@ def _dequantized_folder(backbone: Backbone, cache_dir: Path) -> Path:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
-class FeatureCache:
-    """Embeddings of texts on disk, one folder per (backbone, weights, max length, pooling,
-    precision).
-
-    Each shard is one file ``shard-<pid>-<random>.npz`` holding the texts' keys (hex text
-    hashes) and their vectors (float32) together, written atomically under a name no other
-    process uses: concurrent runs sharing the cache each add their own shards and never
-    overwrite another's, a killed run keeps every finished shard, and keys and vectors cannot
-    come from different runs. A damaged shard (truncated, zero bytes, bad checksum, keys and
-    vectors of different lengths) is moved to ``corrupt/``, named in a warning, and its texts
-    are embedded again.
-    """
-
-    def __init__(self, backbone: Backbone, max_length: int, cache_dir: Path | None = None,
-                 precision: str = "auto"):
-        precision = resolve_precision(precision)  # each resolved precision has its own folder
-        self.backbone = backbone
-        self.max_length = max_length
-        self.precision = precision
-        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        suffix = "" if precision == "float32" else "-bf16"
-        self.folder = (
-            root / "features" / f"{_safe(backbone.name)}-{backbone.fingerprint()}"
-            / f"L{max_length}-{backbone.pooling}{suffix}-v{FEATURE_VERSION}"
-        )
-        self._index: dict[str, tuple[str, int]] | None = None
-        self._shards_seen: set[str] = set()
-
-    @staticmethod
-    def text_key(text: str) -> str:
-        """32 hex digits identifying a text (stored as text: numpy's bytes dtype drops
-        trailing zero bytes)."""
-        return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
-
-    def _load_index(self, refresh: bool = False) -> dict[str, tuple[str, int]]:
-        """Key -> (shard file name, row), reading the shards not read yet (all of them the
-        first time; with ``refresh``, also those other processes wrote since)."""
-        if self._index is None:
-            self._check_meta()
-            self._index = {}
-        elif not refresh:
-            return self._index
-        for shard_file in sorted(self.folder.glob("shard-*.npz")):
-            if shard_file.name in self._shards_seen:
-                continue
-            shard = self._read_shard(shard_file)
-            if shard is None:
-                continue
-            self._shards_seen.add(shard_file.name)
-            for row, key in enumerate(shard[0]):
-                self._index.setdefault(str(key), (shard_file.name, row))
-        return self._index
-
-    def _read_shard(self, shard_file: Path) -> tuple[np.ndarray, np.ndarray] | None:
-        """``(keys, vectors)`` of a shard, checked; ``None`` (and the file set aside) when damaged."""
-        try:
-            with np.load(shard_file, allow_pickle=False) as shard:
-                keys, vectors = shard["keys"], shard["vectors"]  # reading a member checks its CRC
-            if keys.ndim != 1 or vectors.ndim != 2 or len(keys) != len(vectors):
-                raise ValueError(f"{len(keys)} keys but {len(vectors)} vectors")
-            return keys, vectors
-        except FileNotFoundError:  # set aside by another process meanwhile
-            return None
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:  # damaged
-            corrupt = self.folder / "corrupt"
-            corrupt.mkdir(exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(shard_file, corrupt / shard_file.name)
-            warnings.warn(f"feature cache shard {shard_file} is damaged ({type(exc).__name__}: {exc}); "
-                          f"moved to {corrupt}/ and its texts will be embedded again", stacklevel=3)
-            return None
-
-    def _check_meta(self) -> None:
-        meta_file = self.folder / "meta.json"
-        expected = {
-            "backbone": self.backbone.name,
-            "fingerprint": self.backbone.fingerprint(),
-            "max_length": self.max_length,
-            "pooling": self.backbone.pooling,
-            "feature_version": FEATURE_VERSION,
-            "precision": self.precision,
-        }
-        found = None
-        if meta_file.is_file():
-            try:
-                found = json.loads(meta_file.read_text())
-            except ValueError:  # a cut file: the folder's name holds the same identity, so rewrite it
-                warnings.warn(f"feature cache metadata {meta_file} is damaged; written again", stacklevel=3)
-        if found is not None:
-            if {k: found.get(k) for k in expected} != expected:
-                raise BackboneError(
-                    f"the feature cache {self.folder} was written for {found}, not {expected}; "
-                    "delete that folder or set RMCLEAN_CACHE_DIR elsewhere"
-                )
-        else:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            write_json(meta_file, expected)
-
-    def missing(self, texts: list[str]) -> list[str]:
-        """The distinct texts not in the cache yet, in first-seen order."""
-        index = self._load_index(refresh=True)
-        seen: set[str] = set()
-        result = []
-        for text in texts:
-            key = self.text_key(text)
-            if key not in index and key not in seen:
-                seen.add(key)
-                result.append(text)
-        return result
-
-    def add(self, texts: list[str], vectors: np.ndarray) -> None:
-        """Store one shard of embeddings, ``vectors`` of shape ``(len(texts), dim)`` (atomically,
-        in a file of its own)."""
-        index = self._load_index()
-        if len(texts) != len(vectors):
-            raise ValueError(f"{len(texts)} texts but {len(vectors)} vectors")
-        keys = np.array([self.text_key(t) for t in texts], dtype="U32")
-        name = f"shard-{os.getpid()}-{uuid.uuid4().hex[:12]}.npz"
-        with atomic_path(self.folder / name) as partial, open(partial, "wb") as handle:
-            np.savez(handle, keys=keys, vectors=np.asarray(vectors, dtype=np.float32))
-        self._shards_seen.add(name)
-        for row, key in enumerate(keys):
-            index.setdefault(str(key), (name, row))
-
-    def get(self, texts: list[str]) -> np.ndarray:
-        """Vectors of ``texts`` (all must be cached), shape ``(len(texts), dim)``."""
-        if not texts:
-            return np.zeros((0, 0), dtype=np.float32)
-        index = self._load_index()
-        keys = [self.text_key(t) for t in texts]
-        if any(key not in index for key in keys):
-            index = self._load_index(refresh=True)
-        absent = [text for text, key in zip(texts, keys) if key not in index]
-        if absent:
-            raise KeyError(f"{len(absent)} texts are not in the feature cache {self.folder}, such as {absent[0][:80]!r}")
-        locations = [index[key] for key in keys]
-        vectors = {}
-        for name in {shard for shard, _ in locations}:
-            shard = self._read_shard(self.folder / name)
-            if shard is None:
-                self._index = None
-                self._shards_seen.clear()
-                raise BackboneError(f"the feature cache shard {self.folder / name} was damaged or removed while "
-                                    "in use: run the command again (its texts will be embedded again)")
-            vectors[name] = shard[1]
-        return np.stack([vectors[name][row] for name, row in locations]).astype(np.float32)
-
-
-def embed_texts(
-    backbone: Backbone,
-    texts: list[str],
-    max_length: int = 256,
-    batch_size: int = 32,
-    cache_dir: Path | None = None,
-    progress: bool = True,
-    precision: str = "auto",
-    store: bool = True,
-) -> np.ndarray:
-    """Features of ``texts``, shape ``(len(texts), dim)``, float32, through the cache.
-
-    Only texts missing from the cache are run through the model and saved shard by shard: on
-    a CPU one text at a time, so a text's features are the same bits whatever else is embedded
-    (and whatever the cache held before); on a GPU in batches of ``batch_size`` texts of one
-    token length (:func:`equal_length_batches`: no padding); with ``store=False`` they are not saved
-    (texts never seen again, such as a policy's samples). ``precision`` is one of
-    ``PRECISIONS`` (see the module docstring); each resolved precision has its own cache.
-    """
-    import torch
-
-    device = embedding_device()
-    precision = resolve_precision(precision, device)
-    cache = FeatureCache(backbone, max_length, cache_dir, precision)
-    todo = cache.missing(texts)
-    fresh: dict[str, np.ndarray] = {}  # embedded and not stored
-    if todo:
-        from tqdm.auto import tqdm
-
-        tokenizer, model = load_model(backbone, cache_dir)
-        model.to(device)
-        # a model with fewer positions than max_length reads the last tokens it can
-        max_length = min(max_length, getattr(model.config, "max_position_embeddings", None) or max_length)
-        lengths = [len(ids) for ids in tokenizer(todo, truncation=True, max_length=max_length)["input_ids"]]
-        bar = tqdm(total=len(todo), desc=f"embedding with {backbone.name}", unit="text", disable=not progress)
-        pending_texts: list[str] = []
-        pending_vectors: list[np.ndarray] = []
-        autocast = (torch.autocast(device, dtype=torch.bfloat16) if precision == "bfloat16"
-                    else contextlib.nullcontext())
-        with torch.inference_mode(), autocast:
-            # on a CPU each text runs alone: the same shapes, so the same bits, whatever else is embedded
-            # (batches, even of equal lengths, change the matrix kernels' summation order); a GPU
-            # needs batches, so there a text's last bits can depend on its batch neighbours
-            for batch_index in equal_length_batches(lengths, batch_size if device.startswith("cuda") else 1):
-                batch = [todo[i] for i in batch_index]
-                encoded = tokenizer(batch, truncation=True, max_length=max_length, padding=True,
-                                    return_tensors="pt").to(device)
-                hidden = model(**encoded).last_hidden_state
-                vectors = pool_hidden_states(hidden, encoded["attention_mask"], backbone.pooling).cpu().numpy()
-                bar.update(len(batch))
-                if not store:
-                    fresh.update(zip(batch, vectors))
-                    continue
-                pending_vectors.append(vectors)
-                pending_texts.extend(batch)
-                if len(pending_texts) >= SHARD_SIZE:
-                    cache.add(pending_texts, np.concatenate(pending_vectors))
-                    pending_texts, pending_vectors = [], []
-        if pending_texts:
-            cache.add(pending_texts, np.concatenate(pending_vectors))
-        bar.close()
-    if not fresh:
-        return cache.get(texts)
-    cached = [text for text in dict.fromkeys(texts) if text not in fresh]
-    if cached:
-        fresh.update(zip(cached, cache.get(cached)))
-    return np.stack([fresh[text] for text in texts]).astype(np.float32)
-
-
-def equal_length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices of ``lengths`` in batches of at most ``batch_size`` whose texts all have the same
-    token length, longest first: no text is padded (padding changes the summation order inside
-    attention, so a padded text's features depend on its longest neighbour)."""
-    by_length: dict[int, list[int]] = {}
-    for index, length in enumerate(lengths):
-        by_length.setdefault(length, []).append(index)
-    return [group[start:start + batch_size] for length in sorted(by_length, reverse=True)
-            for group in (by_length[length],) for start in range(0, len(group), batch_size)]
-
-
-def pool_hidden_states(hidden, mask, pooling: str):
-    """Features ``(batch, dim)`` or ``(batch, 2 * dim)`` from hidden states ``(batch, tokens, dim)``:
-    the mean over real tokens (``mask``), and for ``pooling="last+mean"`` also the last real
-    token's state first (right padding)."""
-    import torch
-
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
-    if pooling == "mean":
-        return mean.float()
-    last_index = mask.sum(1) - 1
-    last = hidden[torch.arange(hidden.shape[0]), last_index]
-    return torch.cat([last, mean], dim=-1).float()

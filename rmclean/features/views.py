@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from ..data.formats import HH_ASSISTANT
-from .backbones import PRECISIONS, embed_texts, resolve_backbone
+from .backbones import PRECISIONS, resolve_backbone
+from .embedding import embed_texts
+from .prefix import embed_pairs
 
 VIEWS = ("transcript", "response", "response+prompt")
 
@@ -52,8 +54,15 @@ class FeatureConfig:
         "metavar": "VIEW[,VIEW]", "parse": comma_list})
     max_length: int = field(default=256, metadata={"help": "tokens per text (left-truncated)"})
     precision: str = field(default="auto", metadata={
-        "help": "backbone precision: auto = bfloat16 where the hardware has it natively, else float32",
+        "help": "backbone precision: auto = bfloat16 where the hardware has it natively, else float32; int8 = "
+                "dynamic int8 linear layers (CPU)",
         "choices": PRECISIONS})
+    prefix_reuse: bool = field(default=True, metadata={
+        "help": "embed both transcripts of a pair alone, each left-truncated on its own (default on a decoder: the "
+                "pair's shared dialogue and both responses run in one pass, the dialogue once, both cut at one "
+                "position; a feature cache of its own)"})
+    layer: int | None = field(default=None, metadata={
+        "help": "pool the states of this block and run no further (1 = first; default: the last)", "metavar": "K"})
     batch_size: int = field(default=32, metadata={"help": "texts per backbone batch on a GPU (speed only; a CPU embeds one text at a time)",
                                                   "flag": "--embed-batch-size"})
 
@@ -65,6 +74,8 @@ class FeatureConfig:
                              f"BACKBONE:VIEW, got {self.views}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.layer is not None and self.layer < 1:
+            raise ValueError(f"layer must be at least 1, got {self.layer}")
         for name in ("max_length", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -98,9 +109,16 @@ def feature_views(pairs, features: FeatureConfig, *, cache_dir: str | os.PathLik
 def pair_features(pairs, features: FeatureConfig, *, view: str = "transcript",
                   cache_dir: str | os.PathLike | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``(chosen, rejected)`` features of valid pairs in one view (a :data:`VIEWS` entry,
-    optionally ``BACKBONE:VIEW``), each ``(n_pairs, dim)``."""
+    optionally ``BACKBONE:VIEW``), each ``(n_pairs, dim)``; the transcript view of a decoder
+    with ``features.prefix_reuse`` through :func:`~rmclean.features.prefix.embed_pairs`."""
     n_pairs = len(pairs)
     prompts = list(pairs["prompt"])
+    backbone_name, view_name = split_view(view, features.backbone)
+    if view_name == "transcript" and features.prefix_reuse:
+        chosen_texts, rejected_texts = scoring_texts(pairs)
+        return embed_pairs(resolve_backbone(backbone_name), chosen_texts, rejected_texts, max_length=features.max_length,
+                           cache_dir=Path(cache_dir) if cache_dir else None, progress=progress,
+                           precision=features.precision, layer=features.layer)
     stacked = response_features(prompts + prompts, list(pairs["chosen"]) + list(pairs["rejected"]), features,
                                 view=view, cache_dir=cache_dir, progress=progress)
     return stacked[:n_pairs], stacked[n_pairs:]
@@ -117,7 +135,7 @@ def response_features(prompts: list[str], responses: list[str], features: Featur
     def embed(texts: list[str]) -> np.ndarray:
         return embed_texts(backbone, texts, max_length=features.max_length, batch_size=features.batch_size,
                            cache_dir=Path(cache_dir) if cache_dir else None, progress=progress,
-                           precision=features.precision, store=store)
+                           precision=features.precision, store=store, layer=features.layer)
 
     if view == "transcript":
         vectors = embed([scoring_text(p, r) for p, r in zip(prompts, responses)])

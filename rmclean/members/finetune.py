@@ -6,7 +6,8 @@ the Bradley–Terry loss (or, for a single trained reward model, any loss of
 initialisation, data order, optional bootstrap). Dropout is off (training runs in eval
 mode): on CPU, dropout in train mode pushes attention onto a path twice as slow, and it adds
 noise the ensemble does not need. Data loaders go through ``Accelerator.prepare``, so
-``accelerate launch rmclean score ... --mode finetune`` spreads each member over several GPUs.
+``accelerate launch --multi_gpu --num_processes N -m rmclean score ... --member-type finetune`` spreads each
+member over several GPUs.
 On CPU this is slow (2–8 pairs/s for MiniLM): use heads there.
 """
 

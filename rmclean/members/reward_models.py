@@ -36,7 +36,7 @@ FORMAT_VERSION = 1
 HEAD_FORMAT = "rmclean-head-reward-model"
 #: The trainer's settings a head model's record keeps that decide its features (the
 #: embedding batch size does not change them).
-FEATURE_KEYS = ("backbone", "views", "max_length", "precision")
+FEATURE_KEYS = ("backbone", "views", "max_length", "precision", "prefix_reuse", "layer")
 
 
 def _as_lists(prompts: list[str] | str, responses: list[str] | str) -> tuple[list[str], list[str]]:
