@@ -4,10 +4,13 @@
 
 In one run, each step in a fresh child process (so wall time and peak memory are its own):
 
-1. M = 1 member, first run (empty feature cache): load, embed, train heads;
-2. M = 10 members, first run (another empty cache): the same, with ten members per fold;
-3. M = 10, rerun on the cache of step 2 (``rmclean score`` end to end);
-4. the detection audit at 20% planted flips on the features of step 2.
+1. M = 1 member per view, first run (empty feature cache): load, embed, train heads;
+2. M = 10 members per view, first run (another empty cache): the same, with ten members per view
+   and fold;
+3. M = 10 per view, rerun on the cache of step 2 (``rmclean score --members 10 × views`` end to end);
+4. the detection audit at 20% planted flips on the features of step 2 (10 members per view).
+
+M counts members per view (``ScoreConfig.members``, ``--members``, is the total over views).
 
 Reports ratios measured in this run (M = 10 / M = 1, rerun / first run), embedding
 throughput and peak memory, and writes experiments/results/bench_score_<backbone>.{json,md}.
@@ -42,12 +45,15 @@ def child(arguments: dict) -> dict:
     if arguments["step"] == "rerun":
         from rmclean.cli import main
 
-        code = main(["score", "hh-rlhf", "--backbone", arguments["backbone"], "--cache-dir", arguments["cache"],
-                     "--out", arguments["out"], "--quiet"] + (["--limit", str(arguments["limit"])] if arguments["limit"] else []))
+        members = 10 * len(FeatureConfig(backbone=arguments["backbone"]).views)
+        code = main(["score", "hh-rlhf", "--backbone", arguments["backbone"], "--members", str(members),
+                     "--cache-dir", arguments["cache"], "--out", arguments["out"], "--quiet"]
+                    + (["--limit", str(arguments["limit"])] if arguments["limit"] else []))
         assert code == 0
         result["summary"] = json.loads((Path(arguments["out"]) / "summary.json").read_text())["summary"]
     else:
-        config = ScoreConfig(features=FeatureConfig(backbone=arguments["backbone"]))
+        features = FeatureConfig(backbone=arguments["backbone"])
+        config = ScoreConfig(features=features, members=10 * len(features.views))
         valid, _ = rmclean.split_invalid(pairs)
         features_started = time.perf_counter()
         views = feature_views(valid, config.features, cache_dir=arguments["cache"], progress=False)
@@ -62,7 +68,7 @@ def child(arguments: dict) -> dict:
             result["audit"] = audited["rows"]
             result["audit_markdown"] = to_markdown(audited)
         else:
-            head_config = dataclasses.replace(config.head_config(), members=arguments["members"])
+            head_config = dataclasses.replace(config.head_config(), members=arguments["members"] * len(views))
             margins = view_margins(views, groups, head_config)
             result["accuracy"] = float((margins.mean(axis=1) > 0).mean())
         result["heads_s"] = time.perf_counter() - heads_started
@@ -122,7 +128,7 @@ def main() -> None:
     }
     markdown = "\n".join([
         f"Scoring benchmark, {report['pairs']:,} hh-rlhf test pairs, backbone {args.backbone}, "
-        f"views {' + '.join(report['views'])}, one run (`python experiments/bench_score.py`)",
+        f"views {' + '.join(report['views'])}, M members per view, one run (`python experiments/bench_score.py`)",
         "",
         "| measure | value |",
         "|---|---:|",

@@ -13,7 +13,8 @@ In one run:
    5-fold ensemble accuracy against the dataset labels (overall and per source) and the
    detection audit at 20% planted flips (AUROC of the ensemble mean, mean/std, a single
    member, in-sample, cleanlab on the same features and the oracle; the ensemble's AUROC per
-   source too), 10 members × 5 folds per source and view.
+   source too), 10 members × 5 folds per source and view (``--members`` counts per view here;
+   ``ScoreConfig.members`` is the total over views, so each panel gets ``members × views``).
 
 Writes experiments/results/compare_backbones.{json,md}.
 """
@@ -30,7 +31,8 @@ import numpy as np
 
 import rmclean
 from rmclean.audit import AuditConfig, audit_features
-from rmclean.features.backbones import embed_texts, resolve_backbone
+from rmclean.features.backbones import resolve_backbone
+from rmclean.features.embedding import embed_texts
 from rmclean.files import write_results
 from rmclean.configs import from_record
 from rmclean.features.views import pair_features, scoring_texts
@@ -86,7 +88,7 @@ def main() -> None:
     features: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     results = []
     for name, options in PANELS:
-        config = from_record(ScoreConfig, {"members": args.members, **options})
+        config = from_record(ScoreConfig, {"members": args.members * len(options["views"]), **options})
         for view in config.features.views:
             if view not in features:
                 features[view] = pair_features(pairs, config.features, view=view)

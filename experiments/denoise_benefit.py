@@ -3,8 +3,9 @@
 
     RMCLEAN_DATA_DIR=../shared/data python experiments/denoise_benefit.py [--seeds 3] [--config FILE]
 
-Default: the pooled hh-rlhf test splits (cached features of the default views), 70/30 split
-per source, random and targeted flips at 0-40%, every default denoiser, 3 seeds. Writes
+Default: the pooled hh-rlhf test splits (cached features of the default views, 10 members per
+view: ``members`` 20 in total, as experiments/benefit_hh.json), 70/30 split per source, random
+and targeted flips at 0-40%, every default denoiser, 3 seeds. Writes
 experiments/results/denoise_benefit.{json,md,png}.
 """
 
@@ -36,6 +37,8 @@ def main() -> None:
     parser.add_argument("--name", default="denoise_benefit", help="results file stem")
     args = parser.parse_args()
     config = read_config(args.config) if args.config else BenefitConfig()
+    if not args.config:  # the README's run: 10 members per view (ScoreConfig.members is the total over views)
+        config = replace(config, score=replace(config.score, members=10 * len(config.score.features.views)))
     if args.seeds is not None:
         config = replace(config, seeds=args.seeds)
     started = time.perf_counter()

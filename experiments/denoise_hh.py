@@ -1,6 +1,6 @@
 """What each denoising method does to a scored dataset (default: the pooled hh-rlhf test splits).
 
-    RMCLEAN_DATA_DIR=../shared/data rmclean score hh-rlhf --out scores
+    RMCLEAN_DATA_DIR=../shared/data rmclean score hh-rlhf --members 20 --out scores
     RMCLEAN_DATA_DIR=../shared/data python experiments/denoise_hh.py --scores scores
 
 For every method (with its default selection, ``fraction:0.1``, and a few other rules) it

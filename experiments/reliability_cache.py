@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine  # noqa: E402
 
 import rmclean  # noqa: E402
-from rmclean.features.backbones import FeatureCache, resolve_backbone  # noqa: E402
+from rmclean.features.backbones import resolve_backbone  # noqa: E402
+from rmclean.features.cache import FeatureCache  # noqa: E402
 from rmclean.features.views import scoring_text  # noqa: E402
 from rmclean.files import OutputFolderError, verify_folder, write_results  # noqa: E402
 from rmclean.score import Scores  # noqa: E402

@@ -12,7 +12,9 @@ Two more tries at a detector clearly better than cleanlab on the same features (
 2. **MLP members** (non-convex, so the seeds give real diversity) on the final layer, with weight
    decay from light to heavy, alone and averaged with the linear members.
 
-Per subset, 10 members × 5 folds, C = 0.0001 (the best SmolLM2 setting in compare_backbones).
+Per subset, 10 members per view × 5 folds (``--members`` counts per view here; a panel of n
+layers gets ``ScoreConfig(members=10 * n)``, the total), C = 0.0001 (the best SmolLM2 setting in
+compare_backbones).
 The layer features are saved once per subset under the cache folder
 (``$RMCLEAN_CACHE_DIR/experiments/smollm2_layers/``; 10–13 minutes of embedding per subset
 here). Writes experiments/results/smollm2_layers.{json,md}.
@@ -37,7 +39,8 @@ from rmclean.audit import (
     detection_metrics,
     interval,
 )
-from rmclean.features.backbones import pool_hidden_states, default_cache_dir, load_model, resolve_backbone, resolve_precision
+from rmclean.features.backbones import default_cache_dir, load_model, resolve_backbone, resolve_precision
+from rmclean.features.embedding import pool_hidden_states
 from rmclean.files import write_results
 from rmclean.features.views import scoring_texts
 from rmclean.noise import swap_where
@@ -82,7 +85,14 @@ def layer_features(texts: list[str], layers: tuple[int, ...], max_length: int, p
     return features
 
 
+def per_view(config: ScoreConfig, views) -> ScoreConfig:
+    """``config`` with its ``members`` for every one of ``views`` (``ScoreConfig.members`` is the
+    total over views)."""
+    return replace(config, members=config.members * len(views))
+
+
 def audit_row(name: str, views, groups, config: ScoreConfig) -> dict:
+    config = per_view(config, views)
     margins = view_margins(views, groups, config.head_config())
     audited = audit_features(views, groups, config, AuditConfig(rates=(0.2,)))
     return {"panel": name, "accuracy": float((margins.mean(axis=1) > 0).mean()),
@@ -97,7 +107,7 @@ def paired_row(views, final_layer, groups, config: ScoreConfig) -> dict:
     noisy = [swap_where(flipped, chosen, rejected) for chosen, rejected in views]
     noisy_final = swap_where(flipped, *final_layer)
     suspicion = {
-        "layers": -view_margins(noisy, groups, config.head_config()).mean(axis=1),
+        "layers": -view_margins(noisy, groups, per_view(config, noisy).head_config()).mean(axis=1),
         PAIRED[0]: -view_margins([noisy_final], groups, config.head_config()).mean(axis=1),
         PAIRED[1]: cleanlab_suspicion(*noisy_final, groups, config),
         PAIRED[2]: cleanlab_suspicion(np.hstack([c for c, _ in noisy]), np.hstack([r for _, r in noisy]), groups, config),
@@ -160,7 +170,7 @@ def main() -> None:
         print(subset, json.dumps(results[subset], indent=1), flush=True)
 
     columns = ("rmclean", "rmclean mean/std", "single member", "rmclean in-sample", "cleanlab", "oracle")
-    lines = [f"SmolLM2 hidden layers as views; {args.members} members × 5 folds, C = {args.C:g}, audit at 20% "
+    lines = [f"SmolLM2 hidden layers as views; {args.members} members per view × 5 folds, C = {args.C:g}, audit at 20% "
              "planted flips; one run per subset", ""]
     for subset, result in results.items():
         lines += [f"**{subset}** ({result['pairs']:,} pairs)", "",

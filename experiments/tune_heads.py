@@ -31,8 +31,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def variants(base: ScoreConfig) -> list[tuple[str, ScoreConfig]]:
-    def views(*names: str) -> ScoreConfig:
-        return replace(base, features=replace(base.features, views=names))
+    def views(*names: str) -> ScoreConfig:  # base.members per view (ScoreConfig.members is the total)
+        return replace(base, features=replace(base.features, views=names), members=base.members * len(names))
 
     rows = [(f"linear C={c:g}, per source", replace(base, C=c)) for c in (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.1, 1.0)]
     rows += [
