@@ -85,16 +85,19 @@ def embed_pairs(
     progress: bool = True,
     precision: str = "auto",
     layer: int | None = None,
+    batch_size: int = 32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features of both sides of each pair, two arrays of shape ``(n_pairs, dim)``, float32,
     through the cache, with shared-prefix reuse (module docstring). ``precision`` and ``layer``
     as in :func:`~rmclean.features.embedding.embed_texts`. An encoder (bidirectional: no
-    prefix to reuse) embeds each text alone (:func:`embed_texts`)."""
+    prefix to reuse) embeds each text alone (:func:`embed_texts`, in batches of ``batch_size``
+    on a GPU); a decoder runs one pair per pass."""
     if len(first_texts) != len(second_texts):
         raise ValueError(f"{len(first_texts)} first texts but {len(second_texts)} second texts")
     if not backbone.is_decoder:
         vectors = embed_texts(backbone, list(first_texts) + list(second_texts), max_length=max_length,
-                              cache_dir=cache_dir, progress=progress, precision=precision, layer=layer)
+                              batch_size=batch_size, cache_dir=cache_dir, progress=progress, precision=precision,
+                              layer=layer)
         return vectors[:len(first_texts)], vectors[len(first_texts):]
     device = embedding_device()
     precision = resolve_precision(precision, device)

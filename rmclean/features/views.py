@@ -118,7 +118,7 @@ def pair_features(pairs, features: FeatureConfig, *, view: str = "transcript",
         chosen_texts, rejected_texts = scoring_texts(pairs)
         return embed_pairs(resolve_backbone(backbone_name), chosen_texts, rejected_texts, max_length=features.max_length,
                            cache_dir=Path(cache_dir) if cache_dir else None, progress=progress,
-                           precision=features.precision, layer=features.layer)
+                           precision=features.precision, layer=features.layer, batch_size=features.batch_size)
     stacked = response_features(prompts + prompts, list(pairs["chosen"]) + list(pairs["rejected"]), features,
                                 view=view, cache_dir=cache_dir, progress=progress)
     return stacked[:n_pairs], stacked[n_pairs:]
