@@ -122,3 +122,37 @@ def test_installed_entry_point(real_data_env):
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["pairs"] == 2312
+
+
+# --- the mission's commands exactly as users type them --------------------------------------------
+
+
+def test_each_command_reads_the_previous_commands_default_output(capsys, real_data_env, tmp_path, monkeypatch):
+    """``rmclean score hh-rlhf`` then ``rmclean denoise --method flip`` then ``rmclean train-rm
+    denoised/`` then ``rmclean check --dry-run`` in one folder, with no further arguments (score on
+    a small subset, the one concession to CI time)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RMCLEAN_CACHE_DIR", str(tmp_path / "cache"))
+    code, _, err = _run(capsys, "denoise", "--method", "flip")
+    assert code == 1 and "no scores/ folder" in err and "`rmclean score SOURCE` writes it" in err
+    code, _, err = _run(capsys, "train-rm")
+    assert code == 1 and "no denoised/ folder" in err and "`rmclean denoise" in err
+
+    code, out, err = _run(capsys, "score", "hh-rlhf", "--subset", "harmless-base", "--limit", "40", "--quiet")
+    assert code == 0, err
+    assert "scored 40 pairs" in out and (tmp_path / "scores" / "scores.parquet").is_file()
+    code, out, err = _run(capsys, "denoise", "--method", "flip")
+    assert code == 0, err
+    assert "flip 4" in out
+    summary = json.loads((tmp_path / "denoised" / "summary.json").read_text())
+    assert summary["counts"]["flip"] == 4 and summary["scores_dir"] == str((tmp_path / "scores").resolve())
+    code, out, err = _run(capsys, "train-rm", "denoised/", "--quiet")
+    assert code == 0, err
+    assert "on 40 pairs" in out and (tmp_path / "reward-model" / "model").is_dir()
+    code, out, err = _run(capsys, "check", "--dry-run")
+    assert code == 0, err
+    assert "dry run: 40 pairs, 80 requests" in out
+    # ppo's reward model defaults to train-rm's output folder: without one, the error names train-rm
+    (tmp_path / "reward-model").rename(tmp_path / "elsewhere")
+    code, _, err = _run(capsys, "ppo", "hh-rlhf")
+    assert code == 1 and "no reward-model/ folder" in err and "`rmclean train-rm" in err

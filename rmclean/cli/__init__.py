@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
         "soft_label columns the loss reads, or any SOURCE) and evaluate it on named test sets. Writes "
         "model/ (rmclean score --reward-model reads it), metrics.json and plots/curves.png.",
     )
-    train.add_argument("data", metavar="DATA", help="a denoise output folder or any SOURCE")
+    train.add_argument("data", metavar="DATA", nargs="?", default=None,
+                       help="a denoise output folder or any SOURCE (default: denoised, where rmclean denoise writes)")
     add_config_options(train, RewardTrainConfig, "training options")
     train.add_argument("--eval", action="append", metavar="NAME=SOURCE", default=[],
                        help="a named test set (repeatable), any SOURCE, e.g. clean=testsets/agreeing.jsonl")
@@ -197,8 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
         "again with the same arguments resumes from its last checkpoint.",
     )
     ppo.add_argument("prompts", metavar="PROMPTS", help=SOURCE_HELP)
-    ppo.add_argument("--reward-model", required=True, metavar="RM",
-                     help="a rmclean train-rm output folder (or its model/), any HF reward model folder or Hub id")
+    ppo.add_argument("--reward-model", metavar="RM",
+                     help="a rmclean train-rm output folder (or its model/), any HF reward model folder or Hub id "
+                     "(default: reward-model, where rmclean train-rm writes)")
     add_config_options(ppo, PPOConfig, "PPO options")
     ppo.add_argument("--out", metavar="DIR", default="ppo", help="output folder (default: ppo)")
     ppo.set_defaults(run=runners.run_ppo)

@@ -73,8 +73,25 @@ def run_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_input(given: str | None, default: str, writer: str, usage: str) -> str:
+    """The input folder a command reads: ``given``, else ``default`` (the folder the previous
+    command of the chain writes by default), which must then exist; its absence is an error that
+    names the command that writes it."""
+    if given is not None:
+        return given
+    if not Path(default).is_dir():
+        raise ValueError(f"no {default}/ folder in {Path.cwd()}: `{writer}` writes it there; run that first, "
+                         f"or name the input: {usage}")
+    return default
+
+
+def scores_input(given: str | None, command: str) -> str:
+    """SCORES_DIR of denoise and check: as given, else ``scores`` (``rmclean score``'s default output)."""
+    return default_input(given, "scores", "rmclean score SOURCE", f"rmclean {command} SCORES_DIR")
+
+
 def run_denoise(args: argparse.Namespace) -> int:
-    folder = Path(args.scores)
+    folder = Path(scores_input(args.scores, "denoise"))
     pairs, scores, _ = load_scored(folder, args.source)
     config = config_from_args(DenoiseConfig, args)
     result = apply_actions(pairs, scores, config, allow_missing=args.allow_missing)
@@ -89,6 +106,7 @@ def run_denoise(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     try:
         config = judge_config(args)
+        args.scores = scores_input(args.scores, "check")
         pairs, scores, recorded = load_scored(args.scores, args.source)
         check_config = config_from_args(CheckConfig, args)
         if args.dry_run:
@@ -121,6 +139,7 @@ def judge_config(args: argparse.Namespace) -> JudgeConfig:
 
 def run_train_rm(args: argparse.Namespace) -> int:
     config = config_from_args(RewardTrainConfig, args)
+    args.data = default_input(args.data, "denoised", "rmclean denoise [SCORES_DIR]", "rmclean train-rm DATA")
     pairs = load_training_data(args.data, source_arguments(args))
     evals = {}
     for entry in args.eval:
@@ -183,7 +202,8 @@ def run_policy_stage(args: argparse.Namespace) -> int:
 
 def run_ppo(args: argparse.Namespace) -> int:
     config = config_from_args(PPOConfig, args)
-    reward_model = load_reward_model(args.reward_model)
+    reward_model = load_reward_model(default_input(args.reward_model, "reward-model", "rmclean train-rm [DATA]",
+                                                   "rmclean ppo PROMPTS --reward-model RM"))
     valid, _ = split_invalid(load_pairs(args.prompts, **source_arguments(args)))
     result = train_ppo(list(valid["prompt"]), reward_model, config, out=args.out, cache_dir=args.cache_dir,
                        progress=not args.quiet)
@@ -207,4 +227,4 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["judge_config", "load_training_data", "run_audit", "run_check", "run_compare", "run_denoise", "run_inspect", "run_policy_stage", "run_ppo", "run_score", "run_serve", "run_train_rm"]
+__all__ = ["default_input", "judge_config", "load_training_data", "run_audit", "run_check", "run_compare", "run_denoise", "run_inspect", "run_policy_stage", "run_ppo", "run_score", "run_serve", "run_train_rm", "scores_input"]

@@ -132,7 +132,8 @@ def source_options() -> argparse.ArgumentParser:
 def scored_input() -> argparse.ArgumentParser:
     """SCORES_DIR and how its pairs are reloaded: the input of denoise and check."""
     options = argparse.ArgumentParser(add_help=False)
-    options.add_argument("scores", metavar="SCORES_DIR", help="a folder written by rmclean score")
+    options.add_argument("scores", metavar="SCORES_DIR", nargs="?", default=None,
+                         help="a folder written by rmclean score (default: scores, where it writes)")
     options.add_argument("--source", metavar="SOURCE",
                          help="load the pairs from SOURCE instead of the source the scores folder records")
     options.add_argument("--allow-missing", action="store_true",
