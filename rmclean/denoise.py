@@ -30,7 +30,7 @@ import numpy as np
 from .configs import to_record
 from .data.describe import clip_text
 from .score import Scores
-from .strength import aggregate
+from .strength import aggregate, scored_strength
 from .train.losses import loss_reading
 
 ACTIONS = ("keep", "flip", "drop", "soften", "invalid")
@@ -377,9 +377,7 @@ def denoise_summary(result, config: DenoiseConfig, scores: Scores | None = None)
     """Counts per action (adding up to the input rows), the strength of what each action
     touched, the margins and soft labels given, and the config (for ``summary.json``)."""
     actions = np.array(result["action"])
-    strength = np.array([np.nan if v is None else v for v in result["strength_mean"]], dtype=np.float64)
-    flipped = actions == "flip"
-    original = np.where(flipped, -strength, strength)  # strength before any flip
+    original = scored_strength(result["strength_mean"], actions)  # strength before any flip
 
     def stats(values: np.ndarray) -> dict[str, float] | None:
         values = values[np.isfinite(values)]

@@ -30,8 +30,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from . import plots
 from .data.formats import HH_ASSISTANT
 from .files import atomic_path, json_text, output_folder, write_json
+from .strength import scored_strength
 
 FORMATS = ("input", "trl", "openrlhf", "moss", "canonical")
 TRAINABLE = ("keep", "flip", "soften")  # actions whose pairs go to the cleaned files
@@ -101,7 +103,7 @@ def _flip_label(label: Any) -> Any:
     return 1 - label if label in (0, 1) and not isinstance(label, bool) else label
 
 
-DENOISE_OUTPUTS = ("cleaned.jsonl", "cleaned.parquet", "cleaned", "dropped.jsonl", "summary.json")
+DENOISE_OUTPUTS = ("cleaned.jsonl", "cleaned.parquet", "cleaned", "dropped.jsonl", "summary.json", "plots")
 
 
 def write_denoised(result, summary: dict[str, Any], folder: str | os.PathLike, format: str = "input") -> dict[str, Path]:
@@ -127,7 +129,11 @@ def write_denoised(result, summary: dict[str, Any], folder: str | os.PathLike, f
         cleaned.to_parquet(staging / "cleaned.parquet", index=False)
         datasets.Dataset.from_pandas(cleaned, preserve_index=False).save_to_disk(str(staging / "cleaned"))
         write_json(staging / "summary.json", summary)
-    return {name: folder / name for name in DENOISE_OUTPUTS}
+        before_flips = scored_strength(result["strength_mean"], result["action"])
+        plots.save(plots.denoise_actions(before_flips, result["action"]), staging / "plots" / "actions.png")
+    written = {name: folder / name for name in DENOISE_OUTPUTS if name != "plots"}
+    return {**written, "actions_plot": folder / "plots" / "actions.png"}
+
 
 
 def write_jsonl(table, path: Path) -> Path:

@@ -55,6 +55,80 @@ def strength_by_decile(strength_mean: np.ndarray, strength_std: np.ndarray):
     return figure
 
 
+def strength_by_source(strength_mean: np.ndarray, sources):
+    """Box plot of strength_mean per source, each labelled with its pairs and share below 0."""
+    plt = pyplot()
+
+    strength_mean, sources = np.asarray(strength_mean), np.asarray(sources)
+    names = sorted(set(sources.tolist()))
+    figure, axes = plt.subplots(figsize=(7, 0.6 * len(names) + 1.5))
+    values = [strength_mean[sources == name] for name in names]
+    axes.boxplot(values, vert=False, showfliers=False)
+    axes.set_yticks(range(1, len(names) + 1),
+                    [f"{name}\n{len(v):,} pairs, {(v < 0).mean():.0%} below 0" for name, v in zip(names, values)],
+                    fontsize=7)
+    axes.axvline(0, color="black", linewidth=1)
+    axes.set_xlabel("strength_mean")
+    axes.set_title("Preference strength per source")
+    figure.tight_layout()
+    return figure
+
+
+def member_agreement(member_margins: np.ndarray, bins: int = 20):
+    """Histogram over pairs of the share of members that prefer the labelled chosen response
+    (``member_margins`` of shape ``(pairs, members)``): pairs near 0.5 split the ensemble."""
+    plt = pyplot()
+
+    member_margins = np.asarray(member_margins)
+    share = (member_margins > 0).mean(axis=1)
+    unanimous = float(np.isin(share, (0.0, 1.0)).mean())
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    axes.hist(share, bins=np.linspace(0, 1, bins + 1), color="#55A868")
+    axes.set_xlabel(f"share of the {member_margins.shape[1]} members preferring the labelled chosen")
+    axes.set_ylabel("pairs")
+    axes.set_title(f"Members' agreement ({unanimous:.0%} of pairs unanimous)")
+    figure.tight_layout()
+    return figure
+
+
+def length_histogram(lengths: dict[str, np.ndarray], unit: str = "words", upper: float = 300):
+    """Overlaid histograms of lengths per field (e.g. ``{"chosen": ..., "rejected": ...}``), in
+    ``unit``, the axis cut at ``upper``."""
+    plt = pyplot()
+
+    figure, axes = plt.subplots(figsize=(6, 3))
+    for name, values in lengths.items():
+        axes.hist(np.asarray(values), bins=60, range=(0, upper), alpha=0.5, label=name)
+    axes.set_xlabel(f"length ({unit})")
+    axes.set_ylabel("pairs")
+    axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+def denoise_actions(strength_mean: np.ndarray, actions, bins: int = 50):
+    """Stacked histogram of strength_mean (as scored, before any flip) by the action a denoiser
+    took on each pair (keep, flip, drop, soften); invalid rows (no strength) are left out."""
+    plt = pyplot()
+
+    strength_mean, actions = np.asarray(strength_mean, dtype=np.float64), np.asarray(actions)
+    finite = np.isfinite(strength_mean)
+    names = [name for name in ("keep", "soften", "flip", "drop") if np.any((actions == name) & finite)]
+    colors = {"keep": "#BBBBBB", "soften": "#8172B3", "flip": "#C44E52", "drop": "#DD8452"}
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    edges = np.histogram_bin_edges(strength_mean[finite], bins=bins) if finite.any() else bins
+    axes.hist([strength_mean[(actions == name) & finite] for name in names], bins=edges, stacked=True,
+              color=[colors[name] for name in names],
+              label=[f"{name} ({int(np.sum(actions == name)):,})" for name in names])
+    axes.axvline(0, color="black", linewidth=1)
+    axes.set_xlabel("strength_mean as scored (before any flip)")
+    axes.set_ylabel("pairs")
+    axes.set_title("What the denoiser did, by preference strength")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
 def save(figure, path) -> None:
     """Write a figure to ``path`` (its folder made where missing) and close it."""
     import matplotlib.pyplot as plt

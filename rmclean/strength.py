@@ -17,6 +17,14 @@ def aggregate(member_margins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return margins.mean(axis=1), margins.std(axis=1, ddof=0)
 
 
+def scored_strength(strength_mean, actions) -> np.ndarray:
+    """strength_mean of denoised rows as scored, before any flip, shape ``(rows,)``: a denoise
+    result holds it in the written orientation (negated for flipped rows), None for invalid rows
+    (NaN here)."""
+    strength = np.array([np.nan if value is None else value for value in strength_mean], dtype=np.float64)
+    return np.where(np.asarray(actions) == "flip", -strength, strength)
+
+
 def scale_members(member_margins: np.ndarray) -> np.ndarray:
     """Each member's margins divided by their std over pairs, so members of different models
     or views vote on one scale. A member whose margins barely vary (std below 1e-6 of their

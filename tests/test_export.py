@@ -219,6 +219,7 @@ def test_cli_denoise_every_method(scored_folder, tmp_path, capsys, method):
     cleaned = pd.read_json(out / "cleaned.jsonl", lines=True)
     dropped = pd.read_json(out / "dropped.jsonl", lines=True) if (out / "dropped.jsonl").stat().st_size else []
     assert len(cleaned) + len(dropped) == 120
+    assert (out / "plots" / "actions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "plots/actions.png" in printed
     if method.endswith("margin"):
         assert (cleaned["margin"] > 0).any() and cleaned["margin"].between(0, 1).all()
 

@@ -1,34 +1,116 @@
-"""Every notebook's code cells run top to bottom (outputs are not stored in the repo)."""
+"""Every notebook runs top to bottom under a real Jupyter kernel (``nbclient`` + ``ipykernel``),
+with small parameters, and is committed without outputs.
+
+Each notebook has one code cell tagged ``parameters`` (the papermill convention): the test
+inserts a cell after it that sets the small sizes below, and appends a cell of checks on what
+the notebook computed, so a run that silently does nothing fails. A failing cell is named by
+notebook and cell number, with the kernel's traceback.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb"))
+RESULTS_DIR = PROJECT_ROOT / "experiments" / "results"
+
+#: What each notebook runs on in the tests (its own defaults are the full-size story).
+SMALL = {
+    "01_load_and_inspect.ipynb": {},
+    "02_preference_strength.ipynb": {"PAIRS_PER_SOURCE": 40, "MEMBERS": 4, "FOLDS": 3},
+    "03_denoise.ipynb": {"PAIRS_PER_SOURCE": 40, "MEMBERS": 4, "FOLDS": 3},
+    "04_judge_agreement.ipynb": {"PAIRS_PER_SOURCE": 3, "MAX_TOKENS": 8},
+    "05_downstream.ipynb": {"RESULTS_DIR": str(RESULTS_DIR)},
+}
+
+#: Checks run in the kernel after the last cell (names the notebook defines).
+CHECKS = {
+    "01_load_and_inspect.ipynb": [
+        "assert len(pairs) == 8552",
+        "assert flag_table.to_numpy().sum() == 17 + 11 + 36",
+        "assert len(valid) == 1 and len(invalid) == 1",
+    ],
+    "02_preference_strength.ipynb": [
+        "assert len(pairs) == 4 * PAIRS_PER_SOURCE",
+        "assert strength_mean.shape == strength_std.shape == (len(pairs),)",
+        "assert 0 < audit_result['rows'][0]['auroc'] < 1",
+    ],
+    "03_denoise.ipynb": [
+        "assert set(counts.index) >= {'flip', 'drop', 'margin', 'soft-label', 'flip+margin', 'soft-label+margin'}",
+        "assert (counts.sum(axis=1) == len(pairs)).all()",
+        "assert len(trl_rows) == len(pairs) - counts.loc['flip', 'drop'] - counts.loc['flip', 'invalid']",
+    ],
+    "04_judge_agreement.ipynb": [
+        "assert len(result.judgements) == len(pairs)",
+        "assert result.agreement",
+    ],
+    "05_downstream.ipynb": [
+        "assert len(benefit) > 0 and len(bon['arms']) > 0",
+    ],
+}
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(notebook, real_data_env, monkeypatch):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    monkeypatch.chdir(notebook.parent)
-    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
-    code = [("".join(cell["source"])) for cell in cells if cell["cell_type"] == "code"]
-    assert code, f"{notebook.name} has no code cells"
-    namespace: dict = {}
-    for number, source in enumerate(code, 1):
-        try:
-            exec(compile(source, f"{notebook.name}[cell {number}]", "exec"), namespace)
-        except Exception as exc:  # name the failing cell
-            raise AssertionError(f"{notebook.name}, code cell {number} failed: {exc!r}") from exc
-    assert len(namespace["pairs"]) == 8552
-    assert namespace["flag_table"].to_numpy().sum() == 17 + 11 + 36
-    assert len(namespace["valid"]) == 1 and len(namespace["invalid"]) == 1
+def code_cells(notebook) -> list:
+    return [cell for cell in notebook.cells if cell.cell_type == "code"]
 
 
-def test_there_are_notebooks():
-    assert NOTEBOOKS, "notebooks/ holds no .ipynb"
+def with_parameters(notebook, parameters: dict, checks: list[str]):
+    """A copy of ``notebook`` with a cell setting ``parameters`` after its ``parameters`` cell
+    and a cell running ``checks`` at the end."""
+    import nbformat
+
+    copy = nbformat.from_dict(notebook)
+    tagged = [index for index, cell in enumerate(copy.cells) if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1, "a notebook has exactly one code cell tagged 'parameters'"
+    lines = [f"{name} = {value!r}" for name, value in parameters.items()]
+    copy.cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell("# injected by the tests\n" + "\n".join(lines)))
+    copy.cells.append(nbformat.v4.new_code_cell("# checks injected by the tests\n" + "\n".join(checks)))
+    return copy
+
+
+def test_there_are_five_notebooks():
+    assert [path.name for path in NOTEBOOKS] == list(SMALL)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_notebook_is_committed_clean(path):
+    """No outputs or execution counts in the repo, one parameters cell, markdown between code."""
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    for number, cell in enumerate(code_cells(notebook), 1):
+        assert not cell.outputs and cell.execution_count is None, (
+            f"{path.name}, code cell {number} holds outputs: clear them before committing "
+            "(jupyter nbconvert --clear-output --inplace notebooks/*.ipynb)")
+    assert sum("parameters" in cell.metadata.get("tags", []) for cell in notebook.cells) == 1
+    assert sum(cell.cell_type == "markdown" for cell in notebook.cells) >= 3
+    assert "matplotlib" not in "".join(cell.source for cell in code_cells(notebook)), (
+        f"{path.name} draws with matplotlib itself: figures come from rmclean.plots")
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory) -> Path:
+    """One feature cache for every notebook (02 and 03 score the same pairs)."""
+    return tmp_path_factory.mktemp("notebook-cache")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_notebook_runs_under_a_kernel(path, real_data_env, shared_cache, tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    monkeypatch.setenv("RMCLEAN_CACHE_DIR", str(shared_cache))  # the kernel inherits the environment
+    notebook = with_parameters(nbformat.read(path, as_version=4), SMALL[path.name], CHECKS[path.name])
+    client = NotebookClient(notebook, kernel_name="python3", timeout=600,
+                            resources={"metadata": {"path": str(tmp_path)}})
+    try:
+        client.execute()
+    except CellExecutionError as exc:
+        failed = next((number for number, cell in enumerate(code_cells(notebook), 1)
+                       if any(output.get("output_type") == "error" for output in cell.get("outputs", []))), "?")
+        pytest.fail(f"{path.name}, code cell {failed} (counting the injected parameters cell) failed:\n{exc}")
