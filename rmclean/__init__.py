@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .data import describe
 from .audit import AuditConfig, audit
-from .check import CheckConfig, CheckResult, check, write_check
+from .check import CheckConfig, CheckResult, check, read_check, write_check
 from .denoise import DenoiseConfig, DenoiseError, denoise
 from .export import to_profile, write_denoised
 from .judge import JudgeConfig, JudgeError
@@ -45,6 +45,7 @@ __all__ = [
     "score",
     "split_invalid",
     "to_profile",
+    "read_check",
     "write_check",
     "write_denoised",
     "__version__",

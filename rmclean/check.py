@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .files import output_folder, write_json, write_text
+from .files import output_folder, verify_folder, write_json, write_text
 from .judge import (
     INVALID,
     JudgeCache,
@@ -435,6 +435,28 @@ def write_check(result: CheckResult, folder: str | os.PathLike, *, extra: dict[s
     return {name: folder / name for name in names}
 
 
+def read_check(folder: str | os.PathLike) -> CheckResult:
+    """The :class:`CheckResult` a folder written by :func:`write_check` (``rmclean check``) holds:
+    its judgements (weakest pair first), agreement bins and summary; the test sets stay in
+    ``testsets/``. The judged pairs come back with ``load_recorded(result.summary["source"])``
+    where the summary records their source."""
+    import json
+
+    import pandas as pd
+
+    folder = Path(folder)
+    if not (folder / "judgements.parquet").is_file():
+        raise ValueError(f"{folder} holds no judgements.parquet: pass a folder written by `rmclean check`")
+    verify_folder(folder, rerun="run `rmclean check` into it again")
+    judgements = pd.read_parquet(folder / "judgements.parquet")
+    for column in ("agrees", "order_consistent"):  # nullable booleans back to True / False / None
+        judgements[column] = pd.Series([None if pd.isna(value) else bool(value) for value in judgements[column]],
+                                       dtype=object)
+    agreement = json.loads((folder / "agreement.json").read_text(encoding="utf-8"))
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    return CheckResult(judgements, agreement, {}, summary)
+
+
 def agreement_markdown(agreement: dict[str, Any]) -> str:
     """The agreement bins as a Markdown table, weakest bin first, with the overall row."""
     def number(value: float | None, digits: int = 3) -> str:
@@ -495,5 +517,5 @@ def summary_text(summary: dict[str, Any], agreement: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["CheckConfig", "CheckResult", "TESTSETS", "agreement_bins", "build_requests", "check", "combine",
+__all__ = ["CheckConfig", "CheckResult", "TESTSETS", "agreement_bins", "build_requests", "check", "combine", "read_check",
            "estimate", "estimate_text", "select_pairs", "summary_text", "testsets", "write_check"]

@@ -10,11 +10,16 @@ from .strength import decile_table
 
 
 def pyplot():
-    """``matplotlib.pyplot`` on the file-only Agg backend unless a backend is already chosen
-    (figures are written to files; notebooks keep their inline backend)."""
+    """``matplotlib.pyplot``, on the file-only Agg backend unless a backend is already chosen:
+    ``$MPLBACKEND`` (a Jupyter kernel sets it to its inline backend, so notebooks show the
+    figures) or pyplot imported before (the user's choice stands)."""
+    import os
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt

@@ -162,6 +162,12 @@ def test_check_asks_both_orders_retries_and_writes_the_spec_files(tmp_path, caps
         summary = json.loads((out / "summary.json").read_text())
         assert summary["requests"]["sent"] == len(log)
         assert summary["requests"]["answered"] == 24 and summary["requests"]["cache_hits"] == 0
+
+        # read back as the library's CheckResult (notebook 04 shows a check folder so)
+        read = rmclean.read_check(out)
+        assert read.agreement == agreement and read.summary == summary
+        assert list(read.judgements["pair_id"]) == list(judgements["pair_id"])
+        assert list(read.judgements["order_consistent"]).count(False) == 1 and None in list(read.judgements["agrees"])
         assert summary["requests"]["retries"] >= 8 and summary["requests"]["reminders"] == 4
         tokens = summary["tokens"]
         assert tokens["prompt"] > 0 and tokens["completion"] > 0
