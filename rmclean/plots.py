@@ -151,14 +151,21 @@ def agreement_by_strength(agreement: dict):
     bins = agreement["bins"]
     numbers = [entry["bin"] for entry in bins]
     values = [np.nan if entry["agreement"] is None else entry["agreement"] for entry in bins]
-    ties = [entry["ties"] / entry["judged"] if entry["judged"] else np.nan for entry in bins]
+    ties = [entry["ties"] / entry["judged"] if entry["judged"] else 0.0 for entry in bins]
+    # pairs with no verdict (no verdict in the reply, an error, not asked yet), as a share of the bin
+    unjudged = [(entry["pairs"] - entry["judged"]) / entry["pairs"] if entry["pairs"] else 0.0 for entry in bins]
     figure, axes = plt.subplots(figsize=(6.5, 3.8))
-    axes.bar(numbers, ties, color="#CCCCCC", label="judge tie (incl. order-inconsistent)")
+    axes.bar(numbers, ties, color="#CCCCCC", label="judge tie (incl. order-inconsistent), of judged")
+    axes.bar(numbers, unjudged, bottom=1.05 - np.asarray(unjudged), color="#E8A87C", alpha=0.6,
+             label="no verdict (invalid, error, pending), of the bin")
     axes.plot(numbers, values, color="#4C72B0", marker="o", label="agreement with dataset label")
+    if not any(entry["judged"] for entry in bins):
+        axes.text(0.5, 0.5, "no pair was judged: every reply lacked a verdict", transform=axes.transAxes,
+                  ha="center", va="center", fontsize=9)
     axes.axhline(0.5, color="black", linewidth=0.8, linestyle=":")
     axes.set_ylim(0, 1.05)
     axes.set_xlabel(f"bin of pairs sorted by strength_mean (about {agreement['bin_size']} pairs each), weakest first")
-    axes.set_ylabel("share of judged pairs")
+    axes.set_ylabel("share")
     if len(numbers) <= 25:
         axes.set_xticks(numbers)
     overall = agreement["overall"]["agreement"]
@@ -329,6 +336,6 @@ def win_tie_lose(record: dict):
     axis.set_xlim(0, 1)
     axis.set_xlabel("share of held-out answers against the SFT policy's (gold reward)")
     axis.invert_yaxis()
-    axis.legend(fontsize=7, ncol=3, loc="lower right")
+    axis.legend(fontsize=7, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     figure.tight_layout()
     return figure
