@@ -9,7 +9,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .data import describe
 from .audit import AuditConfig, audit
-from .check import CheckConfig, CheckResult, check, read_check, write_check
+from .check import CheckConfig, CheckResult, check
+from .check_report import read_check, write_check
 from .denoise import DenoiseConfig, DenoiseError, denoise
 from .export import to_profile, write_denoised
 from .judge import JudgeConfig, JudgeError

@@ -14,8 +14,8 @@ from typing import Any
 from ..audit import AuditConfig, audit, to_markdown as audit_markdown, write_audit
 from ..benefit import benefit_markdown, benefit_pairs, denoise_benefit, load_benefit_pairs, record_text, write_benefit
 from ..benefit import read_config as read_benefit_config
-from ..check import CheckConfig, check as check_pairs, estimate, estimate_text, summary_text as check_summary_text
-from ..check import write_check
+from ..check import CheckConfig, check as check_pairs, estimate
+from ..check_report import estimate_text, summary_text as check_summary_text, write_check
 from ..data.describe import describe_pairs, summary_text as inspect_summary_text
 from ..data.pairs import load_pairs, recorded_source, split_invalid
 from ..downstream import (best_of_n, bon_markdown, policy_stage, ppo_markdown, read_downstream_config, write_bon,
