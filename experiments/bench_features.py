@@ -136,9 +136,10 @@ def fidelity(pairs, configs: dict[str, FeatureConfig], score_config: ScoreConfig
 
 
 def to_markdown(result: dict) -> str:
-    lines = [f"Backbone {result['backbone']}, transcript view, L = 256; {result['machine']}", ""]
+    lines = [f"Backbone {result['backbone']}, transcript view, L = 256", ""]
     if "throughput" in result:
-        lines += [f"**Throughput** on the same {result['speed_pairs']} pairs (variants taking turns, {ROUND} pairs "
+        lines += [f"**Throughput** ({result['throughput_machine']}) on the same {result['speed_pairs']} pairs "
+                  f"(variants taking turns, {ROUND} pairs "
                   "a turn, fresh caches; time per pair covers every text a variant's views read, so "
                   "minilm-default's includes its prompts and responses alone):", "",
                   "| variant | transcripts/s | seconds per pair | × today's speed |", "|---|---:|---:|---:|"]
@@ -146,7 +147,7 @@ def to_markdown(result: dict) -> str:
                   f"{row['speedup']:.2f}× |" for name, row in result["throughput"].items()]
         lines.append("")
     if "fidelity" in result:
-        lines += [f"**Fidelity** on {result['fidelity_pairs']:,} pairs ({result['pairs_per_source']} per test split, "
+        lines += [f"**Fidelity** ({result['fidelity_machine']}) on {result['fidelity_pairs']:,} pairs ({result['pairs_per_source']} per test split, "
                   f"seed 0); audit at 20% planted flips, {result['members']} members × 5 folds per source, "
                   f"C = {result['C']:g}:", "",
                   "| variant | accuracy | AUROC | − today [95% paired interval] | feature cosine to today (min / median) "
@@ -180,13 +181,14 @@ def main() -> None:
     result = json.loads(saved.read_text()) if saved.is_file() else {}
     if result.get("variants") != list(configs) or result.get("backbone") != args.backbone:
         result = {"variants": list(configs), "backbone": args.backbone}
-    result.update(machine=machine(), fingerprint=resolve_backbone(args.backbone).fingerprint())
+    result.update(fingerprint=resolve_backbone(args.backbone).fingerprint())
     pairs, _ = rmclean.split_invalid(rmclean.load_pairs("hh-rlhf"))
 
     for step in args.redo.split(","):
         result.pop(step, None)
     if "throughput" not in result and "throughput" not in args.skip:
-        result.update(throughput=throughput(pairs, configs, args.speed_pairs), speed_pairs=args.speed_pairs)
+        result.update(throughput=throughput(pairs, configs, args.speed_pairs), speed_pairs=args.speed_pairs,
+                      throughput_machine=machine())
         write_results(RESULTS, result, to_markdown(result))
     if "fidelity" not in result and "fidelity" not in args.skip:
         subset = sample(pairs, args.pairs_per_source)
@@ -194,7 +196,8 @@ def main() -> None:
         audited = ({name: configs[name] for name in args.fidelity_variants.split(",")} if args.fidelity_variants
                    else configs)
         result.update(fidelity=fidelity(subset, audited, score_config, result), fidelity_pairs=len(subset),
-                      pairs_per_source=args.pairs_per_source, members=args.members, C=args.C)
+                      pairs_per_source=args.pairs_per_source, members=args.members, C=args.C,
+                      fidelity_machine=machine())
         write_results(RESULTS, result, to_markdown(result))
     print(to_markdown(result))
 

@@ -24,8 +24,8 @@ RESULTS_DIR = PROJECT_ROOT / "experiments" / "results"
 #: What each notebook runs on in the tests (its own defaults are the full-size story).
 SMALL = {
     "01_load_and_inspect.ipynb": {},
-    "02_preference_strength.ipynb": {"PAIRS_PER_SOURCE": 40, "MEMBERS": 4, "FOLDS": 3},
-    "03_denoise.ipynb": {"PAIRS_PER_SOURCE": 40, "MEMBERS": 4, "FOLDS": 3},
+    "02_preference_strength.ipynb": {"PAIRS_PER_SOURCE": 25, "MEMBERS": 4, "FOLDS": 3},
+    "03_denoise.ipynb": {"PAIRS_PER_SOURCE": 25, "MEMBERS": 4, "FOLDS": 3},
     # the judge: the scripted OpenAI-compatible server of the judge tests, over real HTTP (its
     # verdicts mean nothing on real pairs; the notebook's own default, SmolLM2 on the CPU, takes
     # minutes)
