@@ -1,7 +1,7 @@
 """The README walkthrough, run as a user runs it: the mission's commands in one folder, then the
 cleaned hh-rlhf pairs trained with TRL's ``RewardTrainer``; each step's output and time.
 
-    RMCLEAN_DATA_DIR=../shared/data python experiments/walkthrough.py [--work DIR] [--trl-steps 60]
+    RMCLEAN_DATA_DIR=../shared/data python experiments/walkthrough.py [--work DIR] [--trl-steps 8]
         [--subset harmless-base]
 
 Steps (each a real ``rmclean`` command in ``--work``, no arguments beyond the first):
@@ -13,9 +13,9 @@ Steps (each a real ``rmclean`` command in ``--work``, no arguments beyond the fi
 3. ``rmclean train-rm denoised/``;
 4. ``rmclean check --dry-run``;
 5. TRL's ``RewardTrainer`` fine-tunes the bundled MiniLM (a one-output sequence classifier) on
-   ``--trl-steps`` batches of 8 cleaned pairs (``denoised/cleaned``, loaded with ``datasets``),
-   and its accuracy on 400 other cleaned pairs is measured before and after (max length 512:
-   TRL drops longer pairs, and says how many it kept).
+   ``--trl-steps`` batches of 8 cleaned pairs (``denoised/cleaned``, loaded with ``datasets``;
+   max length 512: TRL drops longer pairs, and the record says how many it kept), and with
+   ``--trl-eval N`` measures its accuracy on N other cleaned pairs before and after.
 
 Writes experiments/results/walkthrough.{json,md} after every step and copies the figures the
 commands drew to experiments/results/walkthrough_*.png. A rerun skips the steps on record
@@ -82,7 +82,7 @@ def accuracy(model, tokenizer, rows, max_length: int) -> float:
     return correct / len(rows)
 
 
-def train_with_trl(work: Path, steps: int, max_length: int = 512, held_out: int = 400) -> dict:
+def train_with_trl(work: Path, steps: int, held_out: int, max_length: int = 512) -> dict:
     """TRL's RewardTrainer on the cleaned pairs as written (hh transcripts in ``chosen`` and
     ``rejected``: TRL's implicit-prompt preference format), MiniLM sequence classifier, CPU."""
     import datasets
@@ -99,7 +99,7 @@ def train_with_trl(work: Path, steps: int, max_length: int = 512, held_out: int 
     tokenizer.eos_token = tokenizer.sep_token  # TRL appends an EOS; BERT tokenizers have none
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
-    before = accuracy(model, tokenizer, test, max_length)
+    before = accuracy(model, tokenizer, test, max_length) if held_out else None
     args = RewardConfig(output_dir=str(work / "trl"), max_steps=steps, per_device_train_batch_size=8,
                         learning_rate=5e-5, logging_steps=max(1, steps // 6), report_to=[], save_strategy="no",
                         use_cpu=True, max_length=max_length, dataloader_num_workers=0, seed=0,
@@ -111,7 +111,7 @@ def train_with_trl(work: Path, steps: int, max_length: int = 512, held_out: int 
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {"pairs": len(train), "kept_by_trl": len(trainer.train_dataset), "steps": steps, "seconds": seconds, "pairs_per_second": steps * 8 / seconds,  # pairs trained on (max_steps batches of 8)
             "loss_first": losses[0], "loss_last": losses[-1], "held_out": held_out,
-            "accuracy_before": before, "accuracy_after": accuracy(model, tokenizer, test, max_length),
+            "accuracy_before": before, "accuracy_after": accuracy(model, tokenizer, test, max_length) if held_out else None,
             "margin_column": "margin" in train.column_names}
 
 
@@ -126,9 +126,10 @@ def to_markdown(result: dict) -> str:
         lines += [f"**TRL `RewardTrainer`** on `denoised/cleaned` as written (hh transcripts: TRL's implicit-prompt "
                   f"format; MiniLM as a one-output sequence classifier, {trl['steps']} steps of 8 cleaned pairs, max "
                   f"length 512, CPU; TRL kept {trl['kept_by_trl']} of the {trl['pairs']} pairs, dropping longer ones): "
-                  f"{trl['seconds']:.0f} s ({trl['pairs_per_second']:.1f} pairs/s); "
-                  f"loss {trl['loss_first']:.3f} → {trl['loss_last']:.3f}; accuracy on {trl['held_out']} other "
-                  f"cleaned pairs {trl['accuracy_before']:.3f} before → {trl['accuracy_after']:.3f} after.", ""]
+                  f"{trl['seconds']:.0f} s ({trl['pairs_per_second']:.2f} pairs/s); "
+                  f"loss {trl['loss_first']:.3f} → {trl['loss_last']:.3f}"
+                  + (f"; accuracy on {trl['held_out']} other cleaned pairs {trl['accuracy_before']:.3f} before → "
+                     f"{trl['accuracy_after']:.3f} after." if trl["held_out"] else "."), ""]
     return "\n".join(lines)
 
 
@@ -136,7 +137,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=str(Path.home() / "rmclean-walkthrough"),
                         help="the user's working folder (kept, so a rerun resumes)")
-    parser.add_argument("--trl-steps", type=int, default=60)
+    parser.add_argument("--trl-steps", type=int, default=8,
+                        help="batches of 8 pairs (a CPU fine-tunes MiniLM at 512 tokens at well under 1 pair/s)")
+    parser.add_argument("--trl-eval", type=int, default=0, metavar="PAIRS",
+                        help="accuracy on this many other cleaned pairs before and after (0: none)")
     parser.add_argument("--subset", action="append", default=[], help="hh-rlhf subset(s) the score step reads")
     parser.add_argument("--redo", default="", help="steps to run again: all, or score,denoise,train-rm,check,trl")
     args = parser.parse_args()
@@ -150,7 +154,7 @@ def main() -> None:
             continue
         print(f"walkthrough: {name}", flush=True)
         extra = [part for subset in args.subset for part in ("--subset", subset)] if name == "score" else []
-        result[name] = train_with_trl(work, args.trl_steps) if name == "trl" else run_command(name, work, extra)
+        result[name] = train_with_trl(work, args.trl_steps, args.trl_eval) if name == "trl" else run_command(name, work, extra)
         result["machine"] = machine()
         write_results(RESULTS, result, to_markdown(result))
     print(to_markdown(result))
