@@ -108,7 +108,8 @@ DENOISE_OUTPUTS = ("cleaned.jsonl", "cleaned.parquet", "cleaned", "dropped.jsonl
 
 def write_denoised(result, summary: dict[str, Any], folder: str | os.PathLike, format: str = "input") -> dict[str, Path]:
     """Write ``cleaned.jsonl``, ``cleaned.parquet``, ``cleaned/`` (``save_to_disk``),
-    ``dropped.jsonl`` (dropped and invalid rows, with reasons) and ``summary.json`` into
+    ``dropped.jsonl`` (dropped and invalid rows, with reasons), ``summary.json`` and
+    ``plots/actions.png`` (what the method did, by strength) into
     ``folder`` as one unit (:func:`rmclean.files.output_folder`: replaced whole, with a
     manifest). Numbers are finite: ``NaN`` and infinities are written as null. Returns the
     paths written."""
@@ -133,7 +134,6 @@ def write_denoised(result, summary: dict[str, Any], folder: str | os.PathLike, f
         plots.save(plots.denoise_actions(before_flips, result["action"]), staging / "plots" / "actions.png")
     written = {name: folder / name for name in DENOISE_OUTPUTS if name != "plots"}
     return {**written, "actions_plot": folder / "plots" / "actions.png"}
-
 
 
 def write_jsonl(table, path: Path) -> Path:
