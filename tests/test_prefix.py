@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rmclean.features import prefix
+from rmclean.features import cache, prefix
 from rmclean.features.backbones import load_model, resolve_backbone
 from rmclean.features.cache import FeatureCache
 from rmclean.features.embedding import embed_texts
@@ -120,7 +120,7 @@ def test_a_killed_pair_run_keeps_finished_shards(tiny_decoder, tmp_path, monkeyp
     many = [(f"\n\nHuman: question {i}?\n\nAssistant: yes {i}", f"\n\nHuman: question {i}?\n\nAssistant: no {i}")
             for i in range(12)]
     first_texts, second_texts = map(list, zip(*many))
-    monkeypatch.setattr(prefix, "SHARD_SIZE", 4)
+    monkeypatch.setattr(cache, "SHARD_SIZE", 4)
     real = prefix._embed_plan
     done = []
 
@@ -192,7 +192,7 @@ def test_a_slow_run_writes_a_shard_at_least_every_shard_seconds(tiny_decoder, tm
     """Shards are written by time too, so a killed slow run (a big backbone on a CPU) loses at most
     SHARD_SECONDS of work, not SHARD_SIZE texts."""
     backbone = resolve_backbone(tiny_decoder)
-    monkeypatch.setattr(prefix, "SHARD_SECONDS", 0.0)
+    monkeypatch.setattr(cache, "SHARD_SECONDS", 0.0)
     first_texts, second_texts = map(list, zip(*PAIRS[:3]))
     embed_pairs(backbone, first_texts, second_texts, 48, cache_dir=tmp_path, progress=False, precision="float32")
     folder = FeatureCache(backbone, 48, tmp_path, "float32", variant="pairs").folder

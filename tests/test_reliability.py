@@ -214,8 +214,8 @@ def test_features_do_not_depend_on_their_batch_neighbours(tmp_path):
 
 CONCURRENT_WRITER = textwrap.dedent("""
     import sys, numpy as np
-    from rmclean.features import backbones, embedding
-    embedding.SHARD_SIZE = 4
+    from rmclean.features import backbones, cache, embedding
+    cache.SHARD_SIZE = 4
     texts = sys.argv[3].split("|")
     vectors = embedding.embed_texts(backbones.resolve_backbone(sys.argv[1]), texts, 32, batch_size=4,
                                     cache_dir=sys.argv[2], progress=False, precision="float32")

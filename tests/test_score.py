@@ -11,6 +11,7 @@ import pytest
 
 import rmclean
 from rmclean.features import backbones, embedding
+from rmclean.features import cache as feature_cache
 from rmclean.features.backbones import BackboneError, resolve_backbone
 from rmclean.features.cache import FeatureCache
 from rmclean.features.embedding import embed_texts
@@ -126,7 +127,7 @@ class CountingPool:
 def test_feature_cache_embeds_each_text_once_and_resumes(tmp_path, monkeypatch):
     backbone = resolve_backbone("minilm")
     texts = [f"\n\nHuman: question {i}?\n\nAssistant: answer {i}" for i in range(40)]
-    monkeypatch.setattr(embedding, "SHARD_SIZE", 8)
+    monkeypatch.setattr(feature_cache, "SHARD_SIZE", 8)
     monkeypatch.setattr(embedding, "pool_hidden_states", CountingPool(stop_after=24))
     with pytest.raises(SimulatedKill):
         embed_texts(backbone, texts, max_length=64, batch_size=8, cache_dir=tmp_path, progress=False)

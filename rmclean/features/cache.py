@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 import uuid
 import warnings
 import zipfile
@@ -178,3 +179,29 @@ class FeatureCache:
                                     "in use: run the command again (its texts will be embedded again)")
             vectors[name] = shard[1]
         return np.stack([vectors[name][row] for name, row in locations]).astype(np.float32)
+
+
+class ShardBuffer:
+    """Features waiting to be written to ``cache`` as one shard: written once ``SHARD_SIZE`` keys
+    wait or ``SHARD_SECONDS`` have passed since the last write (so a killed run loses at most
+    that much work), and by :meth:`flush` at the end."""
+
+    def __init__(self, cache: FeatureCache):
+        self.cache = cache
+        self.keys: list[str] = []
+        self.vectors: list[np.ndarray] = []
+        self.flushed = time.monotonic()
+
+    def add(self, keys: list[str], vectors: np.ndarray) -> None:
+        """Queue ``vectors`` of shape ``(len(keys), dim)``; write the shard when it is due."""
+        self.keys.extend(keys)
+        self.vectors.append(vectors)
+        if len(self.keys) >= SHARD_SIZE or time.monotonic() - self.flushed > SHARD_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what waits (nothing when nothing does)."""
+        if self.keys:
+            self.cache.add(self.keys, np.concatenate(self.vectors))
+        self.keys, self.vectors, self.flushed = [], [], time.monotonic()
+

@@ -7,14 +7,13 @@ GPU texts run in batches of one token length (no padding).
 from __future__ import annotations
 
 import contextlib
-import time
 from pathlib import Path
 
 import numpy as np
 
 from ..distributed import process_label, process_share, wait_for_everyone
 from .backbones import Backbone, embedding_device, load_model, resolve_precision
-from .cache import SHARD_SECONDS, SHARD_SIZE, FeatureCache
+from .cache import FeatureCache, ShardBuffer
 
 
 def embed_texts(
@@ -56,9 +55,7 @@ def embed_texts(
         max_length = min(max_length, getattr(model.config, "max_position_embeddings", None) or max_length)
         lengths = [len(ids) for ids in tokenizer(todo, truncation=True, max_length=max_length)["input_ids"]]
         bar = tqdm(total=len(todo), desc=f"embedding with {backbone.name}{process_label()}", unit="text", disable=not progress)
-        pending_texts: list[str] = []
-        pending_vectors: list[np.ndarray] = []
-        flushed = time.monotonic()
+        pending = ShardBuffer(cache)
         with torch.inference_mode(), precision_context(precision, device):
             # on a CPU each text runs alone: the same shapes, so the same bits, whatever else is embedded
             # (batches, even of equal lengths, change the matrix kernels' summation order); a GPU
@@ -73,13 +70,8 @@ def embed_texts(
                 if not store:
                     fresh.update(zip(batch, vectors))
                     continue
-                pending_vectors.append(vectors)
-                pending_texts.extend(batch)
-                if len(pending_texts) >= SHARD_SIZE or time.monotonic() - flushed > SHARD_SECONDS:
-                    cache.add(pending_texts, np.concatenate(pending_vectors))
-                    pending_texts, pending_vectors, flushed = [], [], time.monotonic()
-        if pending_texts:
-            cache.add(pending_texts, np.concatenate(pending_vectors))
+                pending.add(batch, vectors)
+        pending.flush()
         bar.close()
     if store:
         wait_for_everyone()  # every process, even with nothing to embed: then all shares are in the cache

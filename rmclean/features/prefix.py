@@ -23,7 +23,6 @@ is embedded.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import numpy as np
 
 from ..distributed import process_label, process_share, wait_for_everyone
 from .backbones import Backbone, embedding_device, load_model, load_tokenizer, model_folder, resolve_precision
-from .cache import SHARD_SECONDS, SHARD_SIZE, FeatureCache
+from .cache import FeatureCache, ShardBuffer
 from .embedding import embed_texts, pool_hidden_states, precision_context
 
 
@@ -119,22 +118,16 @@ def embed_pairs(
 
         _, model = load_model(backbone, cache_dir, layer=layer, precision=precision)
         model.to(device)
-        keys: list[str] = []
-        vectors: list[np.ndarray] = []
-        flushed = time.monotonic()
+        pending = ShardBuffer(cache)
         with precision_context(precision, device):
             for index in tqdm(todo, desc=f"embedding pairs with {backbone.name}{process_label()}", unit="pair",
                               disable=not progress):
                 plan = plans[index]
                 sides = (cut_ids(first_ids[index], plan.cut_first, leading),
                          cut_ids(second_ids[index], plan.cut_second, leading))
-                vectors.extend(_embed_plan(model, sides, plan.shared, device))
-                keys.extend((first_keys[index], second_keys[index]))
-                if len(keys) >= SHARD_SIZE or time.monotonic() - flushed > SHARD_SECONDS:
-                    cache.add(keys, np.stack(vectors))
-                    keys, vectors, flushed = [], [], time.monotonic()
-        if keys:
-            cache.add(keys, np.stack(vectors))
+                pending.add([first_keys[index], second_keys[index]],
+                            np.stack(_embed_plan(model, sides, plan.shared, device)))
+        pending.flush()
     wait_for_everyone()  # every process's share is in the cache before any reads it back
     stacked = cache.get(first_keys + second_keys)
     return stacked[:len(plans)], stacked[len(plans):]
