@@ -275,9 +275,15 @@ def order_consistent(verdict_ab: str | None, verdict_ba: str | None) -> bool | N
     return _FROM_AB[verdict_ab] == _FROM_BA[verdict_ba]
 
 
+#: The paper's three published points (Wang et al. 2024, GPT-4 relabelling the hh-rlhf validation
+#: pairs in bins of 500 sorted by preference strength): GPT-4's agreement with the dataset label.
+PAPER_AGREEMENT = (("weakest bin", 0.164), ("bin near zero strength", 0.544), ("strongest bin", 0.956))
+
+
 def agreement_bins(frame, bin_size: int = 500) -> dict[str, Any]:
     """Agreement per bin of ``frame`` (sorted by strength_mean): ``round(n / bin_size)`` bins
-    (at least one) of nearly equal size, weakest first, and the same numbers over all pairs."""
+    (at least one) of nearly equal size, weakest first, the same numbers over all pairs, and
+    ``paper``: the paper's three points next to this check's bins at the same places."""
     n = len(frame)
     count = max(1, int(round(n / bin_size)))
     bins = [_bin_stats(frame.iloc[index], number) for number, index in
@@ -286,11 +292,26 @@ def agreement_bins(frame, bin_size: int = 500) -> dict[str, Any]:
         "bin_size": bin_size,
         "bins": bins,
         "overall": _bin_stats(frame, None),
+        "paper": paper_comparison(bins),
         "definition": "agreement = share of judged pairs (judge verdict chosen, rejected or tie) whose verdict is "
                       "the dataset's label (chosen; tie for pairs the dataset marks as ties); an order-inconsistent "
                       "verdict counts as a tie. agreement_decisive = judge prefers chosen / (prefers chosen + prefers "
                       "rejected), over pairs the dataset does not mark as ties.",
     }
+
+
+def paper_comparison(bins: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """:data:`PAPER_AGREEMENT` beside the agreement of the matching bin of ``bins``: the first,
+    the one whose strength_mean range holds 0 (else the one whose mean is nearest 0), the last."""
+    if not bins:
+        return []
+    spans = [entry for entry in bins if entry["strength_min"] is not None]
+    holding_zero = [entry for entry in spans if entry["strength_min"] <= 0 <= entry["strength_max"]]
+    near_zero = (holding_zero[0] if holding_zero
+                 else min(spans, key=lambda entry: abs(entry["strength_mean"])) if spans else bins[0])
+    matched = (bins[0], near_zero, bins[-1])
+    return [{"point": point, "paper_agreement": value, "bin": entry["bin"], "agreement": entry["agreement"],
+             "judged": entry["judged"]} for (point, value), entry in zip(PAPER_AGREEMENT, matched)]
 
 
 def _bin_stats(part, number: int | None) -> dict[str, Any]:

@@ -71,6 +71,11 @@ def agreement_markdown(agreement: dict[str, Any]) -> str:
             f"| {entry['bin']} | {entry['pairs']:,} | {number(entry['strength_min'])} … {number(entry['strength_max'])} "
             f"| {entry['judged']:,} | {number(entry['agreement'])} | {number(entry['agreement_decisive'])} "
             f"| {entry['ties']:,} | {entry['invalid']}/{entry['errors']}/{entry['pending']} |")
+    if agreement.get("paper"):
+        lines += ["", "The paper's GPT-4 agreement (hh-rlhf validation, bins of 500) beside this check's bins:", "",
+                  "| point | paper | this check's bin | agreement here | judged |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {row['point']} | {row['paper_agreement']:.3f} | {row['bin']} | {number(row['agreement'])} "
+                  f"| {row['judged']:,} |" for row in agreement["paper"]]
     return "\n".join(lines)
 
 

@@ -145,8 +145,16 @@ def save(figure, path) -> None:
 
 def agreement_by_strength(agreement: dict):
     """Judge agreement with the dataset labels per strength_mean bin (``agreement`` as
-    :func:`rmclean.check.agreement_bins` returns it), with the share of ties below it."""
+    :func:`rmclean.check.agreement_bins` returns it), with the share of ties below it; beside
+    it, where ``agreement`` has them, the paper's three GPT-4 points against the same bins here."""
     plt = pyplot()
+
+    paper = agreement.get("paper") or []
+    if paper:
+        figure, (axes, paper_axes) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [2, 1]})
+        _paper_panel(paper_axes, paper)
+    else:
+        figure, axes = plt.subplots(figsize=(6.5, 3.8))
 
     bins = agreement["bins"]
     numbers = [entry["bin"] for entry in bins]
@@ -154,7 +162,6 @@ def agreement_by_strength(agreement: dict):
     ties = [entry["ties"] / entry["judged"] if entry["judged"] else 0.0 for entry in bins]
     # pairs with no verdict (no verdict in the reply, an error, not asked yet), as a share of the bin
     unjudged = [(entry["pairs"] - entry["judged"]) / entry["pairs"] if entry["pairs"] else 0.0 for entry in bins]
-    figure, axes = plt.subplots(figsize=(6.5, 3.8))
     axes.bar(numbers, ties, color="#CCCCCC", label="judge tie (incl. order-inconsistent), of judged")
     axes.bar(numbers, unjudged, bottom=1.05 - np.asarray(unjudged), color="#E8A87C", alpha=0.6,
              label="no verdict (invalid, error, pending), of the bin")
@@ -174,6 +181,26 @@ def agreement_by_strength(agreement: dict):
     axes.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
     return figure
+
+
+def _paper_panel(axes, paper: list[dict]) -> None:
+    """Grouped bars: the paper's GPT-4 agreement and this check's at the same three places."""
+    places = np.arange(len(paper))
+    here = [np.nan if row["agreement"] is None else row["agreement"] for row in paper]
+    axes.bar(places - 0.2, [row["paper_agreement"] for row in paper], width=0.4, color="#999999",
+             label="paper: GPT-4, hh-rlhf validation")
+    axes.bar(places + 0.2, here, width=0.4, color="#4C72B0", label="this check")
+    for place, value in zip(places, here):
+        if np.isnan(value):
+            axes.text(place + 0.2, 0.02, "none judged", rotation=90, ha="center", va="bottom", fontsize=7)
+    axes.set_xticks(places)
+    axes.set_xticklabels([f"{row['point'].replace(' strength', '').replace(' bin', '')}\n(bin {row['bin']})"
+                          for row in paper], fontsize=8)
+    axes.axhline(0.5, color="black", linewidth=0.8, linestyle=":")
+    axes.set_ylim(0, 1.05)
+    axes.set_ylabel("agreement with dataset label")
+    axes.set_title("the paper's figure beside ours", fontsize=10)
+    axes.legend(loc="upper left", fontsize=7)
 
 
 def detection_curves(rows: list[dict], title: str):

@@ -9,6 +9,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -23,7 +24,9 @@ import pandas as pd
 import pytest
 
 import rmclean
+from rmclean import plots
 from rmclean.check import CheckConfig, agreement_bins, check, combine, judge_answers
+from rmclean.check_report import agreement_markdown
 from rmclean.cli import main
 from rmclean.judge import (
     Answer,
@@ -512,6 +515,27 @@ def test_agreement_bins_follow_strength_order():
     assert [b["pairs"] for b in agreement_bins(frame.iloc[:200], 500)["bins"]] == [200]
 
 
+def test_the_papers_points_sit_beside_the_matching_bins(tmp_path):
+    n = 1000  # strengths from -0.7 to 1.3: zero falls in the second of four bins
+    frame = pd.DataFrame({"strength_mean": np.linspace(-0.7, 1.3, n), "dataset_label": ["chosen"] * n,
+                          "judge_verdict": ["rejected"] * 250 + ["chosen"] * 250 + ["tie"] * 250 + ["chosen"] * 250,
+                          "order_consistent": [True] * n})
+    frame["agrees"] = [v == "chosen" for v in frame["judge_verdict"]]
+    paper = agreement_bins(frame, 250)["paper"]
+    assert [row["point"] for row in paper] == ["weakest bin", "bin near zero strength", "strongest bin"]
+    assert [row["bin"] for row in paper] == [1, 2, 4]
+    assert [row["paper_agreement"] for row in paper] == [0.164, 0.544, 0.956]
+    assert [row["agreement"] for row in paper] == [0.0, 1.0, 1.0]
+    positive = frame.assign(strength_mean=np.linspace(0.1, 2.0, n))  # no bin holds 0: the nearest mean
+    assert [row["bin"] for row in agreement_bins(positive, 250)["paper"]] == [1, 1, 4]
+    markdown = agreement_markdown(agreement_bins(frame, 250))
+    assert "| bin near zero strength | 0.544 | 2 | 1.000 | 250 |" in markdown
+    figure = plots.agreement_by_strength(agreement_bins(frame, 250))
+    assert len(figure.axes) == 2 and figure.axes[1].get_title() == "the paper's figure beside ours"
+    older = {key: value for key, value in agreement_bins(frame, 250).items() if key != "paper"}
+    assert len(plots.agreement_by_strength(older).axes) == 1  # a folder written before the paper's points
+
+
 def test_real_hh_pairs_are_shown_as_conversations(tmp_path, capsys, api_key, data_dir):
     pairs = rmclean.load_pairs("hh-rlhf", subset="harmless-base", limit=6, data_dir=str(data_dir))
     folder = tmp_path / "scores"
@@ -558,3 +582,19 @@ def test_local_backend_runs_the_same_prompt_and_parsing(tmp_path, capsys, one_to
     assert all(isinstance(text, str) and text for text in judgements["reply_ab"])
     code, _, _ = run_cli(capsys, *args)
     assert code == 0 and json.loads((out / "summary.json").read_text())["requests"]["sent"] == 0
+
+    # --verdict choice: no reply written, the likeliest letter after "[[" from one forward pass;
+    # the same pairs in the same cache are a new question (nothing of the written replies reused)
+    choice = tmp_path / "choice"
+    code, _, err = run_cli(capsys, *args[:-3], "--verdict", "choice", "--out", str(choice), "--quiet")
+    assert code == 0, err
+    assert json.loads((choice / "summary.json").read_text())["requests"]["sent"] == 4  # always a verdict: no reminder
+    judgements = pd.read_parquet(choice / "judgements.parquet")
+    assert set(judgements["verdict_ab"]) | set(judgements["verdict_ba"]) <= {"A", "B", "C"}
+    for reply in list(judgements["reply_ab"]) + list(judgements["reply_ba"]):
+        probabilities = [float(p) for p in re.findall(r"P\([ABC]\) ([0-9.]+)", reply)]
+        assert len(probabilities) == 3 and sum(probabilities) == pytest.approx(1, abs=0.002)
+        assert reply.splitlines()[-1] == f"[[{'ABC'[int(np.argmax(probabilities))]}]]"
+    with pytest.raises(ValueError, match="backend='local'"):
+        JudgeConfig(verdict="choice")
+

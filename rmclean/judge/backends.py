@@ -77,6 +77,9 @@ class MalformedReply(ValueError):
     """A 200 answer that is not a chat completion."""
 
 
+CHOICE_OPENING = "[["  # what a choice verdict's reply opens with: the letter is the next token
+
+
 class _Switched(Exception):
     """The server asked for ``max_completion_tokens``: send the request again with it."""
 
@@ -112,6 +115,14 @@ class LocalBackend:
                          + [self.tokenizer.eos_token_id] if i is not None}
         self.config = config
         self.positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+        if config.verdict == "choice":
+            self._opening = self.tokenizer.encode(CHOICE_OPENING, add_special_tokens=False)
+            after = [self.tokenizer.encode(CHOICE_OPENING + letter, add_special_tokens=False) for letter in "ABC"]
+            if any(ids[:-1] != self._opening for ids in after):
+                raise JudgeError(f"local judge model {config.model_name!r}: its tokenizer does not write A, B and C "
+                                 f"as one token each after {CHOICE_OPENING!r}, so verdict='choice' cannot read "
+                                 "them; use verdict='reply'")
+            self._choice_ids = [ids[-1] for ids in after]
         self._torch = torch
         self._lock = threading.Lock()
 
@@ -121,6 +132,8 @@ class LocalBackend:
                                                      return_tensors="pt", return_dict=True)
         input_ids = encoded["input_ids"]
         length = int(input_ids.shape[1])
+        if self.config.verdict == "choice":
+            return self._choose(input_ids)
         if self.positions and length + self.config.max_tokens > self.positions:
             raise PromptTooLong(f"the prompt has {length} tokens; with {self.config.max_tokens} new tokens it passes "
                                 f"the model's {self.positions} positions")
@@ -137,6 +150,24 @@ class LocalBackend:
         finish = "length" if int(new.shape[0]) >= self.config.max_tokens and not ended else "stop"
         return Completion(self.tokenizer.decode(new, skip_special_tokens=True).strip(), length, int(new.shape[0]),
                           finish_reason=finish)
+
+
+    def _choose(self, input_ids) -> Completion:
+        """The verdict as the likeliest of A, B, C after the reply opens with ``[[``: one forward
+        pass; the reply written is the three probabilities (renormalised over A, B, C) and the verdict."""
+        torch = self._torch
+        opening = torch.tensor([self._opening], dtype=input_ids.dtype)
+        ids = torch.cat([input_ids, opening], dim=1)
+        if self.positions and ids.shape[1] > self.positions:
+            raise PromptTooLong(f"the prompt has {ids.shape[1]} tokens with the verdict's opening; the model reads "
+                                f"{self.positions} positions")
+        with self._lock, torch.no_grad():
+            logits = self.model(input_ids=ids).logits[0, -1]
+        probabilities = torch.softmax(logits[self._choice_ids].double(), dim=0).tolist()
+        shown = ", ".join(f"P({letter}) {p:.3f}" for letter, p in zip("ABC", probabilities))
+        letter = "ABC"[max(range(3), key=probabilities.__getitem__)]
+        return Completion(f"next-token choice after {CHOICE_OPENING!r}: {shown}\n[[{letter}]]",
+                          int(input_ids.shape[1]), 1, finish_reason="stop")
 
 
 class PromptTooLong(ValueError):

