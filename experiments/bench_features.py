@@ -165,7 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="smollm2")
     parser.add_argument("--variants",
-                        default="today,prefix,prefix+int8,prefix+layer22,prefix+int8+layer22,minilm-default")
+                        default="today,prefix,prefix+int8,prefix+layer22,prefix+int8+layer22,prefix+int8+layer26,minilm-default")
     parser.add_argument("--speed-pairs", type=int, default=24)
     parser.add_argument("--pairs-per-source", type=int, default=200)
     parser.add_argument("--C", type=float, default=0.0001)
