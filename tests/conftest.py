@@ -55,6 +55,14 @@ def hermetic(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
+def minilm_cache(tmp_path_factory) -> Path:
+    """One feature cache for the session's tests that need real features but do not test the
+    cache itself: each real hh-rlhf text is embedded once, by whichever test asks first (the
+    cache's own behaviour is tested on caches of its own)."""
+    return tmp_path_factory.mktemp("minilm-cache")
+
+
+@pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory) -> str:
     """A one-layer BERT with MiniLM's tokenizer, saved like any HF model folder."""
     from transformers import AutoTokenizer, BertConfig, BertModel

@@ -67,26 +67,26 @@ def test_audit_ranks_planted_flips_first_when_the_reward_is_learnable():
         assert auroc["cleanlab"] > 0.8
 
 
-def test_audit_on_real_pairs_reports_every_detector(data_dir, tmp_path):
-    pairs = rmclean.load_pairs("hh-rlhf", subset="harmless-base", limit=240, data_dir=data_dir)
+def test_audit_on_real_pairs_reports_every_detector(data_dir, minilm_cache):
+    pairs = rmclean.load_pairs("hh-rlhf", subset="harmless-base", limit=120, data_dir=data_dir)
     result = audit(pairs, ScoreConfig(members=3, folds=3), AuditConfig(rates=(0.2, 0.3)),
-                   cache_dir=tmp_path, progress=False)
-    assert result["pairs"] == 240 and result["backbone"] == "minilm"
+                   cache_dir=minilm_cache, progress=False)
+    assert result["pairs"] == 120 and result["backbone"] == "minilm"
     detectors = [row["detector"] for row in result["rows"] if row["rate"] == 0.2]
     assert detectors == [d for d in DETECTORS if result["cleanlab"] or d != "cleanlab"]
     for row in result["rows"]:
         assert 0 <= row["auroc"] <= 1 and 0 <= row["auprc"] <= 1 and 0 <= row["precision_at_k"] <= 1
 
 
-def test_cli_audit_writes_table_json_and_plot(real_data_env, tmp_path, capsys):
+def test_cli_audit_writes_table_json_and_plot(real_data_env, minilm_cache, tmp_path, capsys):
     out = tmp_path / "audit"
-    code = main(["audit", "hh-rlhf", "--subset", "helpful-base", "--limit", "150", "--members", "2",
-                 "--folds", "3", "--inject", "0.25", "--resamples", "100", "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--quiet"])
+    code = main(["audit", "hh-rlhf", "--subset", "harmless-base", "--limit", "120", "--members", "2",
+                 "--folds", "3", "--inject", "0.25", "--resamples", "100", "--cache-dir", str(minilm_cache), "--out", str(out), "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| detector | AUROC @0.25 | AUPRC @0.25 | P@k @0.25 |" in printed
     result = json.loads((out / "audit.json").read_text())
-    assert result["source"]["subset"] == ["helpful-base"] and result["config"]["audit"]["rates"] == [0.25]
+    assert result["source"]["subset"] == ["harmless-base"] and result["config"]["audit"]["rates"] == [0.25]
     assert "| rmclean in-sample |" in (out / "audit.md").read_text() and "paired interval" in printed
     assert len(result["rows"][0]["auroc_interval"]) == 2
     assert (out / "audit.png").stat().st_size > 1000

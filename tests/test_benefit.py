@@ -48,10 +48,10 @@ SMALL = {"source": "hh-rlhf", "loading": {"subset": ["harmless-base", "helpful-b
                        "flip negative": {"method": "flip", "select": "negative"}}}
 
 
-def test_benefit_on_real_pairs_and_the_compare_command(real_data_env, tmp_path, capsys):
+def test_benefit_on_real_pairs_and_the_compare_command(real_data_env, minilm_cache, tmp_path, capsys):
     config = BenefitConfig.from_dict({**SMALL, "loading": {**SMALL["loading"], "data_dir": str(real_data_env)}})
     pairs = rmclean.load_pairs(config.source, **config.loading)
-    records = denoise_benefit(pairs, config, cache_dir=tmp_path / "cache", progress=False)
+    records = denoise_benefit(pairs, config, cache_dir=minilm_cache, progress=False)
     assert [(r["noise"], r["rate"]) for r in records] == [("random", 0.0), ("random", 0.3)]
     noisy = records[1]
     assert noisy["oracle"]["pairs"] == 180 and set(noisy) >= {"oracle", "none", "flip 20%", "margin", "flip negative"}
@@ -62,7 +62,7 @@ def test_benefit_on_real_pairs_and_the_compare_command(real_data_env, tmp_path, 
 
     config_file = tmp_path / "benefit.json"
     config_file.write_text(json.dumps(SMALL))
-    code = main(["compare", "--stage", "rm", str(config_file), "--cache-dir", str(tmp_path / "cache"),
+    code = main(["compare", "--stage", "rm", str(config_file), "--cache-dir", str(minilm_cache),
                  "--out", str(tmp_path / "out"), "--quiet"])
     assert code == 0, capsys.readouterr().err
     written = json.loads((tmp_path / "out" / "denoise_benefit.json").read_text())

@@ -193,10 +193,10 @@ def test_trl_reward_trainer_trains_on_the_export_and_uses_the_margin(tiny_backbo
 
 
 @pytest.fixture(scope="module")
-def scored_folder(data_dir, tmp_path_factory):
+def scored_folder(data_dir, minilm_cache, tmp_path_factory):
     """A real ``rmclean score`` run on 120 harmless-base pairs (MiniLM, 3 members x 3 folds)."""
     folder = tmp_path_factory.mktemp("scored")
-    cache = tmp_path_factory.mktemp("cache")
+    cache = minilm_cache
     code = main(["score", "hh-rlhf", "--subset", "harmless-base", "--limit", "120", "--members", "3", "--folds", "3",
                  "--data-dir", str(data_dir), "--cache-dir", str(cache), "--out", str(folder), "--quiet"])
     assert code == 0

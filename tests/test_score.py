@@ -24,9 +24,9 @@ SMALL = ScoreConfig(features=FeatureConfig(views=("transcript",)), members=3, fo
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    """One feature cache for the module, so MiniLM embeds each text once."""
-    return tmp_path_factory.mktemp("feature-cache")
+def cache_dir(minilm_cache):
+    """The session's real feature cache, so MiniLM embeds each text once."""
+    return minilm_cache
 
 
 @pytest.fixture(scope="module")

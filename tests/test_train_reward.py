@@ -96,7 +96,7 @@ def harmless(data_dir):
     return rmclean.load_pairs("hh-rlhf", subset="harmless-base", limit=160, data_dir=data_dir)
 
 
-def test_train_on_real_pairs_save_and_score_with_it(harmless, tmp_path):
+def test_train_on_real_pairs_save_and_score_with_it(harmless, minilm_cache, tmp_path):
     import rmclean
     from rmclean.score import ScoreConfig, score
     from rmclean.train.reward import train_reward_model
@@ -104,19 +104,19 @@ def test_train_on_real_pairs_save_and_score_with_it(harmless, tmp_path):
     train, test = harmless.select(range(120)), harmless.select(range(120, 160))
     config = RewardTrainConfig(features=TRANSCRIPT, epochs=10)
     model, metrics = train_reward_model(train, config, evals={"held-out": test}, eval_every=5,
-                                        cache_dir=tmp_path / "cache", progress=False)
+                                        cache_dir=minilm_cache, progress=False)
     assert set(metrics["eval"]) == {"held-out"} and metrics["eval"]["held-out"]["pairs"] == 40
     assert metrics["train"]["accuracy"] > 0.6  # it fits its training pairs
     folder = model.save(tmp_path / "rm")
     loaded = HeadRewardModel.load(folder)
-    one = loaded.reward(test["prompt"][0], test["chosen"][0], cache_dir=tmp_path / "cache")
+    one = loaded.reward(test["prompt"][0], test["chosen"][0], cache_dir=minilm_cache)
     assert one.shape == (1,) and np.isfinite(one).all()
-    delta = (loaded.reward(test["prompt"], test["chosen"], cache_dir=tmp_path / "cache")
-             - loaded.reward(test["prompt"], test["rejected"], cache_dir=tmp_path / "cache"))
+    delta = (loaded.reward(test["prompt"], test["chosen"], cache_dir=minilm_cache)
+             - loaded.reward(test["prompt"], test["rejected"], cache_dir=minilm_cache))
     assert preference_metrics(delta)["accuracy"] == pytest.approx(metrics["eval"]["held-out"]["accuracy"])
     # the saved model is an ensemble member for rmclean score --reward-model
     scores = score(test, ScoreConfig(members=0, reward_models=(str(folder), str(folder))),
-                   cache_dir=tmp_path / "cache", progress=False)
+                   cache_dir=minilm_cache, progress=False)
     np.testing.assert_allclose(scores.member_margins[:, 0] * np.std(delta), delta, rtol=1e-5)
     # a denoise export's columns reach the loss; dropped rows are not trained on
     rows = [{"prompt": p, "chosen": c, "rejected": r, "margin": 0.5, "soft_label": 0.9, "action": a}
@@ -124,7 +124,7 @@ def test_train_on_real_pairs_save_and_score_with_it(harmless, tmp_path):
     exported = rmclean.load_pairs(rows, allow_empty=True)  # hh has an empty final turn or two
     _, margin_metrics = train_reward_model(exported, RewardTrainConfig(loss="soft-label+margin", epochs=2,
                                                                        features=TRANSCRIPT),
-                                           cache_dir=tmp_path / "cache", progress=False)
+                                           cache_dir=minilm_cache, progress=False)
     assert margin_metrics["train"]["pairs"] == 100
 
 
@@ -150,12 +150,12 @@ def test_finetune_mode_with_a_margin_loss_saves_a_model_with_the_reward_api(tiny
         load_reward_model(tmp_path)
 
 
-def test_cli_train_rm_on_a_denoise_folder_writes_the_spec_files(data_dir, tmp_path, capsys):
+def test_cli_train_rm_on_a_denoise_folder_writes_the_spec_files(data_dir, minilm_cache, tmp_path, capsys):
     import json
 
     from rmclean.cli import main
 
-    cache = str(tmp_path / "cache")
+    cache = str(minilm_cache)
     common = ["--data-dir", str(data_dir), "--cache-dir", cache, "--quiet"]
     assert main(["score", "hh-rlhf", "--subset", "harmless-base", "--limit", "120", "--members", "3", "--folds", "3",
                  "--views", "transcript", "--out", str(tmp_path / "scores"), *common]) == 0
