@@ -54,6 +54,20 @@ def hermetic(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """The tests never write to the user's cache (``$RMCLEAN_CACHE_DIR`` or ``~/.cache/rmclean``):
+    the session gets a cache of its own, and tests that need a fresh one set theirs."""
+    previous = os.environ.get("RMCLEAN_CACHE_DIR")
+    folder = tmp_path_factory.mktemp("rmclean-cache")
+    os.environ["RMCLEAN_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("RMCLEAN_CACHE_DIR", None)
+    else:
+        os.environ["RMCLEAN_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def minilm_cache(tmp_path_factory) -> Path:
     """One feature cache for the session's tests that need real features but do not test the

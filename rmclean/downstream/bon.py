@@ -27,8 +27,8 @@ from .config import DownstreamConfig
 from .design import (
     design_record,
     design_text,
+    flat_hh,
     gold_model,
-    hh_response,
     make_design,
     proxy_arms,
     sample_features,
@@ -94,8 +94,7 @@ def best_of_n(pairs, config: DownstreamConfig = DownstreamConfig(), *, out: str 
                              max_new_tokens=bon.max_new_tokens, max_prompt_tokens=bon.max_prompt_tokens,
                              generation_batch=bon.generation_batch, cache_dir=cache_dir, progress=progress,
                              temperature=bon.temperature)
-    flat_prompts = [p for p, row in zip(design.heldout, samples) for _ in row]
-    flat_samples = [hh_response(s) for row in samples for s in row]
+    flat_prompts, flat_samples = flat_hh(design.heldout, samples)
     gold_score, gold_accuracy = gold_model(design, config, cache_dir=cache_dir, progress=progress)
     gold = np.asarray(gold_score(flat_prompts, flat_samples), dtype=np.float64).reshape(len(design.heldout), -1)
     band = settings.tie * float(gold.std())

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..benefit import benefit_pairs, split
 from ..configs import to_record
-from ..data.chat import first_turn
+from ..data.chat import first_turn, to_hh
 from ..denoise import plan
 from ..features.views import FeatureConfig, feature_views, response_features
 from ..files import write_text
@@ -207,17 +207,18 @@ def gold_model(design: Design, config: DownstreamConfig, *, cache_dir=None, prog
     return score, float(preference_metrics(delta)["accuracy"])
 
 
-def hh_response(text: str) -> str:
-    """A policy's answer as hh responses are written: starting with a space."""
-    return text if text.startswith(" ") else " " + text
+def flat_hh(prompts: list[str], samples: list[list[str]]) -> tuple[list[str], list[str]]:
+    """Every (prompt, sample) as a reward model reads it, prompt-major: ``data.chat.to_hh``, the
+    rendering ``rmclean ppo`` rewards with, so a sample scores the same in training and here."""
+    rendered = [to_hh(prompt, sample) for prompt, row in zip(prompts, samples) for sample in row]
+    return [prompt for prompt, _ in rendered], [response for _, response in rendered]
 
 
 def sample_features(prompts: list[str], samples: list[list[str]], features: FeatureConfig, *, cache_dir=None,
                     progress: bool = True) -> np.ndarray:
     """Features of every (prompt, sample), ``(prompts * samples, dim)`` (views side by side),
     kept in the feature cache."""
-    flat_prompts = [p for p, row in zip(prompts, samples) for _ in row]
-    responses = [hh_response(s) for row in samples for s in row]
+    flat_prompts, responses = flat_hh(prompts, samples)
     return np.hstack([response_features(flat_prompts, responses, features, view=view, cache_dir=cache_dir,
                                         progress=progress) for view in features.views])
 
@@ -299,5 +300,5 @@ def design_text(record: dict[str, Any]) -> str:
             f"is on the {record['test_pairs']:,} clean test pairs; tie band {record['tie_band']:.4f} (gold reward)")
 
 
-__all__ = ["Design", "RoutedHeads", "clean_test_accuracy", "design_record", "design_text", "gold_model", "heldout_split", "hh_response", "make_design", "proxy_arms",
+__all__ = ["Design", "RoutedHeads", "clean_test_accuracy", "design_record", "design_text", "flat_hh", "gold_model", "heldout_split", "make_design", "proxy_arms",
            "sample_features", "sample_prompts", "train_routed"]

@@ -39,8 +39,8 @@ from .config import DownstreamConfig
 from .design import (
     design_record,
     design_text,
+    flat_hh,
     gold_model,
-    hh_response,
     make_design,
     proxy_arms,
     sample_prompts,
@@ -82,8 +82,7 @@ def policy_stage(pairs, config: DownstreamConfig = DownstreamConfig(), *, out: s
                               generation_batch=32, cache_dir=cache_dir, progress=progress, **EVAL_SAMPLING)
 
     def gold_of(samples: list[list[str]]) -> np.ndarray:
-        flat = [(p, hh_response(s)) for p, row in zip(design.heldout, samples) for s in row]
-        return np.asarray(gold_score([p for p, _ in flat], [s for _, s in flat]), dtype=np.float64).reshape(
+        return np.asarray(gold_score(*flat_hh(design.heldout, samples)), dtype=np.float64).reshape(
             len(design.heldout), -1)
 
     sft_answers = answers(ppo_config.policy, out / "sft")

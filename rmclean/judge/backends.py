@@ -151,7 +151,6 @@ class LocalBackend:
         return Completion(self.tokenizer.decode(new, skip_special_tokens=True).strip(), length, int(new.shape[0]),
                           finish_reason=finish)
 
-
     def _choose(self, input_ids) -> Completion:
         """The verdict as the likeliest of A, B, C after the reply opens with ``[[``: one forward
         pass; the reply written is the three probabilities (renormalised over A, B, C) and the verdict."""
