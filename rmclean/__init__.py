@@ -14,7 +14,7 @@ from .check_report import read_check, write_check
 from .denoise import DenoiseConfig, DenoiseError, denoise
 from .export import to_profile, write_denoised
 from .judge import JudgeConfig, JudgeError
-from .data.pairs import CANONICAL_COLUMNS, PairFormatError, load_pairs, split_invalid
+from .data.pairs import CANONICAL_COLUMNS, PairFormatError, load_pairs, sample_per_source, split_invalid
 from .score import ScoreConfig, Scores, score
 from .serve import reward_function
 from .data.sources import SourceNotFoundError
@@ -43,6 +43,7 @@ __all__ = [
     "describe",
     "load_pairs",
     "reward_function",
+    "sample_per_source",
     "score",
     "split_invalid",
     "to_profile",

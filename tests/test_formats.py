@@ -778,3 +778,20 @@ def test_input_format_records_how_each_row_held_its_pair(tmp_path):
     ]
     ds = load_rows(tmp_path, rows, on_error="skip")
     assert col(ds, "input_format") == ["transcript", "prompt", "messages", "turns", "judgement", None]
+
+
+def test_sample_per_source_is_seeded_stratified_and_nested():
+    rows = [{"prompt": f"q{i}", "chosen": f"a{i}", "rejected": f"b{i}"} for i in range(30)]
+    pairs = rmclean.load_pairs(rows)
+    pairs = pairs.add_column("group", ["x"] * 20 + ["y"] * 10).remove_columns("source").rename_column("group", "source")
+    drawn = rmclean.sample_per_source(pairs, 4, seed=3)
+    assert sorted(drawn["source"]) == ["x"] * 4 + ["y"] * 4
+    assert list(drawn["pair_id"]) == [p for p in pairs["pair_id"] if p in set(drawn["pair_id"])]  # input order
+    assert list(rmclean.sample_per_source(pairs, 4, seed=3)["pair_id"]) == list(drawn["pair_id"])  # seeded
+    assert list(rmclean.sample_per_source(pairs, 4, seed=4)["pair_id"]) != list(drawn["pair_id"])
+    assert set(drawn["pair_id"]) <= set(rmclean.sample_per_source(pairs, 8, seed=3)["pair_id"])  # nested
+    larger = rmclean.sample_per_source(pairs, 15, seed=3)  # all of the smaller source
+    assert sorted(larger["source"]).count("y") == 10 and len(larger) == 25
+    assert rmclean.sample_per_source(pairs, None) is pairs
+    with pytest.raises(ValueError, match="per_source"):
+        rmclean.sample_per_source(pairs, -1)

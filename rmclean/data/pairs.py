@@ -155,6 +155,22 @@ def split_invalid(pairs):
     return pairs.select(valid), pairs.select(invalid)
 
 
+def sample_per_source(pairs, per_source: int | None, seed: int = 0):
+    """A seeded sample of ``per_source`` pairs of each source (all of a smaller source), in input
+    order; ``None`` keeps every pair. Nested: with one seed, the pairs drawn for a smaller
+    ``per_source`` are among those drawn for a larger one (so their cached features serve it)."""
+    if per_source is None:
+        return pairs
+    if per_source < 0:
+        raise ValueError(f"per_source must be >= 0 or None, not {per_source}")
+    import pandas as pd
+
+    sources = pd.Series(pairs["source"], dtype=object)
+    drawn = sources.groupby(sources, group_keys=False, sort=True).apply(
+        lambda rows: rows.sample(min(len(rows), per_source), random_state=seed))
+    return pairs.select(sorted(int(i) for i in drawn.index))
+
+
 def recorded_source(source: str, loading: dict[str, Any]) -> dict[str, Any]:
     """The ``load_pairs`` call that reproduces the pairs, as a record (``summary.json``'s
     ``source``): local paths made absolute, and the data folder a named source was found in
@@ -420,4 +436,4 @@ def _nesting(dtype: pa.DataType) -> int:
     return depth - 1
 
 
-__all__ = ["CANONICAL_COLUMNS", "PairFormatError", "load_pairs", "load_recorded", "recorded_source", "split_invalid"]
+__all__ = ["CANONICAL_COLUMNS", "PairFormatError", "load_pairs", "load_recorded", "recorded_source", "sample_per_source", "split_invalid"]
