@@ -277,7 +277,7 @@ def order_consistent(verdict_ab: str | None, verdict_ba: str | None) -> bool | N
 
 #: The paper's three published points (Wang et al. 2024, GPT-4 relabelling the hh-rlhf validation
 #: pairs in bins of 500 sorted by preference strength): GPT-4's agreement with the dataset label.
-PAPER_AGREEMENT = (("weakest bin", 0.164), ("bin near zero strength", 0.544), ("strongest bin", 0.956))
+PAPER_AGREEMENT = (("weakest", 0.164), ("near zero", 0.544), ("strongest", 0.956))
 
 
 def agreement_bins(frame, bin_size: int = 500) -> dict[str, Any]:

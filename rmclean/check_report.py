@@ -72,7 +72,8 @@ def agreement_markdown(agreement: dict[str, Any]) -> str:
             f"| {entry['judged']:,} | {number(entry['agreement'])} | {number(entry['agreement_decisive'])} "
             f"| {entry['ties']:,} | {entry['invalid']}/{entry['errors']}/{entry['pending']} |")
     if agreement.get("paper"):
-        lines += ["", "The paper's GPT-4 agreement (hh-rlhf validation, bins of 500) beside this check's bins:", "",
+        lines += ["", "The paper's GPT-4 agreement (hh-rlhf validation, bins of 500: the weakest bin, the one near zero strength, "
+                  "the strongest) beside this check's bins at the same places:", "",
                   "| point | paper | this check's bin | agreement here | judged |", "|---|---:|---:|---:|---:|"]
         lines += [f"| {row['point']} | {row['paper_agreement']:.3f} | {row['bin']} | {number(row['agreement'])} "
                   f"| {row['judged']:,} |" for row in agreement["paper"]]

@@ -194,8 +194,7 @@ def _paper_panel(axes, paper: list[dict]) -> None:
         if np.isnan(value):
             axes.text(place + 0.2, 0.02, "none judged", rotation=90, ha="center", va="bottom", fontsize=7)
     axes.set_xticks(places)
-    axes.set_xticklabels([f"{row['point'].replace(' strength', '').replace(' bin', '')}\n(bin {row['bin']})"
-                          for row in paper], fontsize=8)
+    axes.set_xticklabels([f"{row['point']}\n(bin {row['bin']})" for row in paper], fontsize=8)
     axes.axhline(0.5, color="black", linewidth=0.8, linestyle=":")
     axes.set_ylim(0, 1.05)
     axes.set_ylabel("agreement with dataset label")

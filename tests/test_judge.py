@@ -522,14 +522,14 @@ def test_the_papers_points_sit_beside_the_matching_bins(tmp_path):
                           "order_consistent": [True] * n})
     frame["agrees"] = [v == "chosen" for v in frame["judge_verdict"]]
     paper = agreement_bins(frame, 250)["paper"]
-    assert [row["point"] for row in paper] == ["weakest bin", "bin near zero strength", "strongest bin"]
+    assert [row["point"] for row in paper] == ["weakest", "near zero", "strongest"]
     assert [row["bin"] for row in paper] == [1, 2, 4]
     assert [row["paper_agreement"] for row in paper] == [0.164, 0.544, 0.956]
     assert [row["agreement"] for row in paper] == [0.0, 1.0, 1.0]
     positive = frame.assign(strength_mean=np.linspace(0.1, 2.0, n))  # no bin holds 0: the nearest mean
     assert [row["bin"] for row in agreement_bins(positive, 250)["paper"]] == [1, 1, 4]
     markdown = agreement_markdown(agreement_bins(frame, 250))
-    assert "| bin near zero strength | 0.544 | 2 | 1.000 | 250 |" in markdown
+    assert "| near zero | 0.544 | 2 | 1.000 | 250 |" in markdown
     figure = plots.agreement_by_strength(agreement_bins(frame, 250))
     assert len(figure.axes) == 2 and figure.axes[1].get_title() == "the paper's figure beside ours"
     older = {key: value for key, value in agreement_bins(frame, 250).items() if key != "paper"}
