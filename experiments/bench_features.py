@@ -12,6 +12,7 @@ Variants (``FeatureConfig`` settings of the transcript view; ``today`` is what a
 - ``prefix+int8``: and the linear layers in dynamic int8 (``--precision int8``);
 - ``prefix+layerK``: and only the first K blocks run (``--layer K``);
 - ``prefix+int8+layerK``: both;
+- ``prefix+L128`` (any ``+LN``): texts cut to N tokens instead of 256 (``--max-length N``);
 - ``minilm-default``: what a first run embeds by default today (MiniLM, transcript and
   response+prompt views: the prompts and responses alone too), timed only.
 
@@ -64,8 +65,9 @@ def variants(names: list[str], backbone: str) -> dict[str, FeatureConfig]:
             continue
         parts = name.split("+")
         layer = next((int(part[5:]) for part in parts if part.startswith("layer")), None)
+        length = next((int(part[1:]) for part in parts if part[:1] == "L" and part[1:].isdigit()), 256)
         result[name] = FeatureConfig(backbone=backbone, views=("transcript",), prefix_reuse="prefix" in parts,
-                                     precision="int8" if "int8" in parts else "auto", layer=layer)
+                                     precision="int8" if "int8" in parts else "auto", layer=layer, max_length=length)
     return result
 
 
@@ -136,7 +138,7 @@ def fidelity(pairs, configs: dict[str, FeatureConfig], score_config: ScoreConfig
 
 
 def to_markdown(result: dict) -> str:
-    lines = [f"Backbone {result['backbone']}, transcript view, L = 256", ""]
+    lines = [f"Backbone {result['backbone']}, transcript view, L = 256 tokens unless a variant says +LN", ""]
     if "throughput" in result:
         lines += [f"**Throughput** ({result['throughput_machine']}) on the same {result['speed_pairs']} pairs "
                   f"(variants taking turns, {ROUND} pairs "
@@ -171,7 +173,7 @@ def main() -> None:
     parser.add_argument("--C", type=float, default=0.0001)
     parser.add_argument("--members", type=int, default=10)
     parser.add_argument("--fidelity-variants", default=None,
-                        help="variants the fidelity step audits (default: all but minilm-default); slow ones can be left out")
+                        help="variants the fidelity step audits, any names (default: those of --variants but minilm-default)")
     parser.add_argument("--skip", default="", help="steps to skip: throughput, fidelity")
     parser.add_argument("--redo", default="", help="steps to run again although their results are saved")
     args = parser.parse_args()
@@ -179,8 +181,11 @@ def main() -> None:
     configs = variants(args.variants.split(","), args.backbone)
     saved = RESULTS.with_suffix(".json")
     result = json.loads(saved.read_text()) if saved.is_file() else {}
-    if result.get("variants") != list(configs) or result.get("backbone") != args.backbone:
-        result = {"variants": list(configs), "backbone": args.backbone}
+    if result.get("backbone") != args.backbone:
+        result = {"backbone": args.backbone}
+    if result.get("variants") != list(configs):  # the throughput table is of these variants
+        result.pop("throughput", None)
+    result["variants"] = list(configs)
     result.update(fingerprint=resolve_backbone(args.backbone).fingerprint())
     pairs, _ = rmclean.split_invalid(rmclean.load_pairs("hh-rlhf"))
 
@@ -193,8 +198,7 @@ def main() -> None:
     if "fidelity" not in result and "fidelity" not in args.skip:
         subset = sample(pairs, args.pairs_per_source)
         score_config = replace(ScoreConfig(), members=args.members, C=args.C)
-        audited = ({name: configs[name] for name in args.fidelity_variants.split(",")} if args.fidelity_variants
-                   else configs)
+        audited = variants(args.fidelity_variants.split(","), args.backbone) if args.fidelity_variants else configs
         result.update(fidelity=fidelity(subset, audited, score_config, result), fidelity_pairs=len(subset),
                       pairs_per_source=args.pairs_per_source, members=args.members, C=args.C,
                       fidelity_machine=machine())
