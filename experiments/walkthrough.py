@@ -71,9 +71,9 @@ def accuracy(model, tokenizer, rows, max_length: int) -> float:
 
     model.eval()
     correct = 0
+    tokenizer.truncation_side = "left"  # keep the end of a long dialogue: the responses
     with torch.inference_mode():
         for row in rows:
-            tokenizer.truncation_side = "left"  # keep the end of a long dialogue: the responses
             encoded = tokenizer([row["chosen"], row["rejected"]], truncation=True, max_length=max_length,
                                 padding=True, return_tensors="pt")
             rewards = model(**encoded).logits.squeeze(-1)

@@ -305,10 +305,9 @@ def paper_comparison(bins: list[dict[str, Any]]) -> list[dict[str, Any]]:
     the one whose strength_mean range holds 0 (else the one whose mean is nearest 0), the last."""
     if not bins:
         return []
-    spans = [entry for entry in bins if entry["strength_min"] is not None]
-    holding_zero = [entry for entry in spans if entry["strength_min"] <= 0 <= entry["strength_max"]]
-    near_zero = (holding_zero[0] if holding_zero
-                 else min(spans, key=lambda entry: abs(entry["strength_mean"])) if spans else bins[0])
+    # every bin holds pairs (agreement_bins makes none empty), so each has a strength range
+    holding_zero = [entry for entry in bins if entry["strength_min"] <= 0 <= entry["strength_max"]]
+    near_zero = holding_zero[0] if holding_zero else min(bins, key=lambda entry: abs(entry["strength_mean"]))
     matched = (bins[0], near_zero, bins[-1])
     return [{"point": point, "paper_agreement": value, "bin": entry["bin"], "agreement": entry["agreement"],
              "judged": entry["judged"]} for (point, value), entry in zip(PAPER_AGREEMENT, matched)]

@@ -204,4 +204,3 @@ class ShardBuffer:
         if self.keys:
             self.cache.add(self.keys, np.concatenate(self.vectors))
         self.keys, self.vectors, self.flushed = [], [], time.monotonic()
-

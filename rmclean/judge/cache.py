@@ -239,13 +239,15 @@ def make_request(template: Template, config: JudgeConfig, model: str, question: 
     """The :class:`Request` for one pair in one order (A shown first). Its messages carry
     ``fence`` (default a new random one) in their block lines; its key does not: it hashes
     :data:`KEY_VERSION`, the model, the template's fingerprint, the three texts and the
-    generation settings, so the same pair asks the same question of the cache on every run."""
+    generation settings (or the choice verdict), so the same pair asks the same question of the
+    cache on every run."""
     messages = tuple(template.render(question, answer_a, answer_b, fence))
-    settings = {"temperature": config.sampling_temperature, "max_tokens": config.max_tokens}
-    if config.backend == "local":
-        settings["seed"] = config.seed
-    if config.verdict != "reply":  # a choice is another question of the model: never the reply's cache entry
+    if config.verdict == "choice":  # no generation: another question of the model, never a reply's cache entry
         settings = {"verdict": config.verdict}
+    else:
+        settings = {"temperature": config.sampling_temperature, "max_tokens": config.max_tokens}
+        if config.backend == "local":
+            settings["seed"] = config.seed
     identity = [KEY_VERSION, model, template.fingerprint, [question, answer_a, answer_b], settings]
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     content = hashlib.sha256(json.dumps([question, answer_a, answer_b]).encode()).hexdigest()[:16]
