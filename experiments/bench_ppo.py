@@ -98,9 +98,20 @@ def main() -> None:
         breakdown = {stage: float(np.median([row.get(stage, 0.0) for row in timed])) for stage in STAGES}
         breakdown["seconds_without_eval"] = float(np.median([row["seconds"] - row.get("eval_s", 0.0) for row in timed]))
         costs[critic] = {"updates_timed": len(timed), "median_seconds": breakdown, "peak_rss_mb": cost["peak_rss_mb"]}
-    learning = child({**base, "out": str(args.work / f"learning-{args.name}"),
+    learning_folder = args.work / f"learning-{args.name}"
+    learning = child({**base, "out": str(learning_folder),
                       "config": {**settings, "updates": args.updates, "sample_every": 10}})
     metrics = learning["metrics"]
+    # the run's peak memory is the largest over the processes that trained part of it
+    peak_file = learning_folder / "peak_rss_mb.json"
+    peaks = json.loads(peak_file.read_text()) if peak_file.exists() else {}
+    if learning["summary"]["resumed_from_update"] < args.updates:
+        peaks[str(learning["summary"]["resumed_from_update"])] = learning["peak_rss_mb"]
+        peak_file.write_text(json.dumps(peaks))
+    trained_from = sorted(int(start) for start in peaks)
+    learning_peak = max(peaks.values()) if trained_from and trained_from[0] == 0 else None
+    # per-update cost over the whole run: many more updates than the cost runs, same machine state
+    update_seconds = np.array([row["seconds"] - row.get("eval_s", 0.0) for row in metrics[1:]])
     window = max(1, min(10, len(metrics) // 5))
 
     def mean(key: str, rows) -> float:
@@ -111,7 +122,10 @@ def main() -> None:
     report = {
         "machine": machine(), "settings": {**settings, "subset": args.subset, "reward_model": str(args.reward_model)},
         "cost": costs,
-        "learning": {"updates": len(metrics), "peak_rss_mb": learning["peak_rss_mb"],
+        "learning": {"updates": len(metrics), "peak_rss_mb": learning_peak,
+                     "update_seconds_quartiles": [float(q) for q in np.percentile(update_seconds, [25, 50, 75])],
+                     "stage_seconds_median": {stage: float(np.median([row.get(stage, 0.0) for row in metrics[1:]]))
+                                              for stage in STAGES[:4]},
                      "reward_first": mean("reward_mean", metrics[:window]), "reward_last": mean("reward_mean", metrics[-window:]),
                      "kl_k1_last": mean("kl_k1", metrics[-window:]), "kl_k3_last": mean("kl_k3", metrics[-window:]),
                      "kl_k3_max": max(row["kl_k3"] for row in metrics),
@@ -133,9 +147,6 @@ def main() -> None:
                                "score_first": mean("score_mean", metrics[:window]),
                                "score_last": mean("score_mean", metrics[-window:])})
     learned = report["learning"]
-    resumed = learning["summary"]["resumed_from_update"]
-    if resumed:
-        learned["peak_rss_mb"] = None
     defaults = {**asdict(PPOConfig()), **settings}
     lines = [f"PPO with SmolLM2-135M-Instruct against `{args.reward_model}` on hh-rlhf {args.subset} prompts (first turn), "
              f"{args.batch} episodes × {args.max_new_tokens} new tokens per update, policy lr {defaults['policy_lr']:g}, "
@@ -167,9 +178,14 @@ def main() -> None:
         f"(± {learned['reward_slope_95']:.3f}, 95%; the batch's reward std is about "
         f"{np.mean([row['reward_std'] for row in metrics]):.2f}).",
         "Held-out sample reward every 10 updates: " + ", ".join(f"{u}: {r:.3f}" for u, r in evaluated), "",
-        f"Largest k3 over the run: {learned['kl_k3_max']:.3f}; {learned['seconds_per_update']:.1f} s per update on "
-        f"average; " + (f"peak RSS {learned['peak_rss_mb']:,.0f} MB." if not resumed else
-                        f"(the last process resumed the run at update {resumed}, so its peak RSS is not the run's)."), ""]
+        f"Largest k3 over the run: {learned['kl_k3_max']:.3f}; " + (
+            f"peak RSS {learned['peak_rss_mb']:,.0f} MB." if learned["peak_rss_mb"] else
+            "peak RSS not known (the run's first part was trained before this script recorded it)."),
+        "",
+        "Seconds per update over the run's updates after the first (the every-10-updates evaluation left out): "
+        "median {1:.1f}, quartiles {0:.1f} / {2:.1f}; stage medians: ".format(*learned["update_seconds_quartiles"])
+        + ", ".join(f"{stage.removesuffix('_s')} {seconds:.1f}" for stage, seconds in learned["stage_seconds_median"].items())
+        + ".", ""]
     markdown = "\n".join(lines)
     write_results(RESULTS / args.name, report, markdown)
     shutil.copy(args.work / f"learning-{args.name}" / "plots" / "curves.png", RESULTS / f"{args.name}_curves.png")
