@@ -113,6 +113,7 @@ class JudgeServer:
         self._lock = threading.Lock()
         self._attempts: dict[str, int] = {}
         self.active = self.max_active = 0  # requests being answered now, and the most at once
+        self.sleeping = 0  # SLOW replies near or past 1 s: a client with a 1 s timeout has given up on them
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -194,7 +195,8 @@ class JudgeServer:
     def _answer(self, handler, body: dict) -> None:
         with self._lock:
             self.active += 1
-            self.max_active = max(self.max_active, self.active)
+            # the client's own requests at once: a SLOW reply it gave up on no longer holds one of its slots
+            self.max_active = max(self.max_active, self.active - self.sleeping)
         try:
             self._respond(handler, body)
         finally:
@@ -246,7 +248,12 @@ class JudgeServer:
         text, finish = self._cut(self._reply_text(a, b, outside, reminder), limit)
         completion_tokens = count_tokens(text)
         if "SLOW" in both and attempt == 0 and not reminder:  # billed in full, though the client may give up
-            time.sleep(self.slow_s)
+            time.sleep(min(0.9, self.slow_s))  # just before a 1 s client timeout
+            with self._lock:
+                self.sleeping += 1
+            time.sleep(max(0.0, self.slow_s - 0.9))
+            with self._lock:
+                self.sleeping -= 1
         if "MALFORMED" in both and attempt == 0 and not reminder:
             self._record(**log, status=299, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)  # sent as 200
             data = b'{"id": "chatcmpl-broken", "choices": [{"message": '

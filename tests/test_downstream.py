@@ -208,7 +208,9 @@ def test_compare_stage_ppo_trains_each_arm_once_and_judges_it_with_the_gold_mode
     assert arms["noisy"]["vs_noisy"]["win"] == pytest.approx(arms["noisy"]["vs_noisy"]["lose"])
     assert arms["oracle"]["gain_over_sft"]["mean"] == pytest.approx(
         arms["oracle"]["gold_reward"]["mean"] - arms["sft"]["gold_reward"]["mean"])
-    assert arms["oracle"]["kl"] > 0 and len(arms["oracle"]["curves"]["kl_k1"]) == 3
+    # the trained policy left the reference: k3 is positive whenever they differ on a sampled token
+    # (k1, the reported kl, is unbiased but may be negative over a few episodes)
+    assert arms["oracle"]["kl_k3"] > 0 and len(arms["oracle"]["curves"]["kl_k1"]) == 3
     assert 0 <= arms["oracle"]["proxy_accuracy"] <= 1 and arms["oracle"]["perplexity"] > 1
     runs = sorted(p.name for p in (out / "ppo").iterdir())
     answers = {run: (out / "ppo" / run / "eval.jsonl").read_text().splitlines()[1:] for run in runs}
