@@ -110,8 +110,7 @@ def main() -> None:
     if learning["summary"]["resumed_from_update"] < args.updates:
         peaks[str(learning["summary"]["resumed_from_update"])] = learning["peak_rss_mb"]
         peak_file.write_text(json.dumps(peaks))
-    trained_from = sorted(int(start) for start in peaks)
-    learning_peak = max(peaks.values()) if trained_from and trained_from[0] == 0 else None
+    learning_peak = max(peaks.values()) if "0" in peaks else None  # known only if every process recorded it
     # per-update cost over the whole run: many more updates than the cost runs, same machine state
     update_seconds = np.array([row["seconds"] - row.get("eval_s", 0.0) for row in metrics[1:]])
     window = max(1, min(10, len(metrics) // 5))
