@@ -38,6 +38,11 @@ RESULTS = ROOT / "experiments" / "results"
 STAGES = ("generate_s", "reward_s", "score_s", "train_s", "eval_s", "seconds")
 
 
+def update_seconds(row: dict) -> float:
+    """An update's seconds without its held-out evaluation (every 10 updates)."""
+    return row["seconds"] - row.get("eval_s", 0.0)
+
+
 def run(arguments: dict) -> dict:
     """One PPO run in this process (called in a child, so its peak memory is its own)."""
     import rmclean
@@ -98,7 +103,7 @@ def main() -> None:
                                  "sample_every": 1000}})
         timed = cost["metrics"][1:]
         breakdown = {stage: float(np.median([row.get(stage, 0.0) for row in timed])) for stage in STAGES}
-        breakdown["seconds_without_eval"] = float(np.median([row["seconds"] - row.get("eval_s", 0.0) for row in timed]))
+        breakdown["seconds_without_eval"] = float(np.median([update_seconds(row) for row in timed]))
         costs[critic] = {"updates_timed": len(timed), "median_seconds": breakdown, "peak_rss_mb": cost["peak_rss_mb"]}
     learning_folder = args.work / f"learning-{args.name}"
     learning = child({**base, "out": str(learning_folder),
@@ -112,7 +117,7 @@ def main() -> None:
         peak_file.write_text(json.dumps(peaks))
     learning_peak = max(peaks.values()) if "0" in peaks else None  # known only if every process recorded it
     # per-update cost over the whole run: many more updates than the cost runs, same machine state
-    update_seconds = np.array([row["seconds"] - row.get("eval_s", 0.0) for row in metrics[1:]])
+    seconds_each = np.array([update_seconds(row) for row in metrics[1:]])
     window = max(1, min(10, len(metrics) // 5))
 
     def mean(key: str, rows) -> float:
@@ -124,7 +129,7 @@ def main() -> None:
         "machine": machine(), "settings": {**settings, "subset": args.subset, "reward_model": str(args.reward_model)},
         "cost": costs,
         "learning": {"updates": len(metrics), "peak_rss_mb": learning_peak,
-                     "update_seconds_quartiles": [float(q) for q in np.percentile(update_seconds, [25, 50, 75])],
+                     "update_seconds_quartiles": [float(q) for q in np.percentile(seconds_each, [25, 50, 75])],
                      "stage_seconds_median": {stage: float(np.median([row.get(stage, 0.0) for row in metrics[1:]]))
                                               for stage in STAGES[:4]},
                      "reward_first": mean("reward_mean", metrics[:window]), "reward_last": mean("reward_mean", metrics[-window:]),

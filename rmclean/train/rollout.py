@@ -159,7 +159,7 @@ def sample(tokenizer, model, texts: list[str], *, max_new_tokens: int, max_promp
     trunk, head = model.base_model, model.get_output_embeddings()
     cache_keyword = "cache" if "cache" in inspect.signature(trunk.forward).parameters else "past_key_values"
     cache, step_ids, step_positions = None, prompt_ids, positions(attention_mask)
-    tokens: list[Any] = []
+    sequences = prompt_ids  # prompts and the tokens drawn so far, (batch, prompt + drawn)
     ended = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
     with torch.no_grad():
         for _ in range(max_new_tokens):
@@ -168,26 +168,26 @@ def sample(tokenizer, model, texts: list[str], *, max_new_tokens: int, max_promp
             cache = output.cache if getattr(output, "cache", None) is not None else output.past_key_values
             scores = _last_logits(head, output.last_hidden_state[:, -1]).double()
             if penalty is not None:
-                scores = penalty(torch.cat([prompt_ids, *[t.unsqueeze(1) for t in tokens]], dim=1), scores)
+                scores = penalty(sequences, scores)
             scores = scores / temperature
             if nucleus is not None:
                 scores = nucleus(prompt_ids, scores)
             token = _draw(torch.softmax(scores, dim=-1))
             token = torch.where(ended, torch.full_like(token, tokenizer.pad_token_id), token)
             ended |= token == tokenizer.eos_token_id
-            tokens.append(token)
+            step_ids = token.unsqueeze(1)
+            sequences = torch.cat([sequences, step_ids], dim=1)
             if bool(ended.all()):
                 break
-            step_ids = token.unsqueeze(1)
             attention_mask = torch.cat([attention_mask, torch.ones_like(step_ids)], dim=1)
             step_positions = step_positions[:, -1:] + 1
     prompt_length = prompt_ids.shape[1]
-    responses = torch.stack(tokens, dim=1)
+    responses = sequences[:, prompt_length:]
     is_eos = responses == tokenizer.eos_token_id
     before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()  # EOS seen before this token
     response_mask = (before == 0).long()
-    return Rollout(torch.cat([prompt_ids, responses], dim=1), torch.cat([encoded["attention_mask"], response_mask], dim=1),
-                   prompt_length, response_mask, is_eos.any(dim=1).cpu().numpy())
+    return Rollout(sequences, torch.cat([encoded["attention_mask"], response_mask], dim=1), prompt_length,
+                   response_mask, is_eos.any(dim=1).cpu().numpy())
 
 
 def _last_logits(head, hidden):
