@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=None, help="default: PPOConfig's")
     parser.add_argument("--missing-eos-penalty", type=float, default=None, help="default: PPOConfig's")
     parser.add_argument("--lam", type=float, default=None, help="GAE lambda (default: PPOConfig's)")
+    parser.add_argument("--seed", type=int, default=None, help="prompt order, sampling, initialisation (default: PPOConfig's)")
     parser.add_argument("--no-cost", action="store_true", help="skip the cost runs (learning only)")
     parser.add_argument("--name", default="bench_ppo", help="stem of the result files")
     parser.add_argument("--work", type=Path, default=Path("ppo-bench"), help="run folders (the learning run resumes)")
@@ -93,7 +94,8 @@ def main() -> None:
                 **({"policy_lr": args.policy_lr, "critic_lr": 3 * args.policy_lr} if args.policy_lr else {}),
                 **({"beta": args.beta} if args.beta is not None else {}),
                 **({"missing_eos_penalty": args.missing_eos_penalty} if args.missing_eos_penalty is not None else {}),
-                **({"lam": args.lam} if args.lam is not None else {})}
+                **({"lam": args.lam} if args.lam is not None else {}),
+                **({"seed": args.seed} if args.seed is not None else {})}
     base = {"subset": args.subset, "reward_model": str(args.reward_model), "progress": True}
     costs = {}
     for critic in () if args.no_cost else ("head", "copy"):  # the default critic, and MOSS-RLHF's trunk copy
@@ -157,7 +159,7 @@ def main() -> None:
     lines = [f"PPO with SmolLM2-135M-Instruct against `{args.reward_model}` on hh-rlhf {args.subset} prompts (first turn), "
              f"{args.batch} episodes × {args.max_new_tokens} new tokens per update, policy lr {defaults['policy_lr']:g}, "
              f"β {defaults['beta']:g}, missing-EOS penalty {defaults['missing_eos_penalty']:g}, GAE λ {defaults['lam']:g}, critic "
-             f"{defaults['critic']}; machine: {report['machine']}.", ""]
+             f"{defaults['critic']}, seed {defaults['seed']}; machine: {report['machine']}.", ""]
     if costs:
         lines += [f"**One update** (median of {args.cost_updates - 1} after a warm-up update, critic and policy both "
                   "trained), seconds, with the default critic (a value head on the policy's hidden states) and with "
