@@ -9,9 +9,12 @@ costs on this machine, and whether the reward rises while the KL stays bounded.
    with the paper's settings every 10 updates), resumable: rerun the same command after a kill.
 
     rmclean train-rm hh-rlhf --subset helpful-base --views transcript --out rm-helpful
-    RMCLEAN_DATA_DIR=../shared/data python experiments/bench_ppo.py --reward-model rm-helpful
+    RMCLEAN_DATA_DIR=../shared/data python experiments/bench_ppo.py --reward-model rm-helpful \
+        --lam 0.95 --missing-eos-penalty 1                # the README's cost runs (earlier defaults)
     RMCLEAN_DATA_DIR=../shared/data python experiments/bench_ppo.py --reward-model rm-helpful --no-cost \
-        --missing-eos-penalty 0 --name bench_ppo_no_eos_penalty
+        --lam 1 --missing-eos-penalty 0 --seed 1 --name bench_ppo_no_eos_penalty_lam1_seed1
+
+``experiments/ppo_final_eval.py`` then compares finished runs with the SFT policy on the same prompts.
 
 Writes ``experiments/results/<name>.{json,md}`` and ``<name>_curves.png`` (``--name``, default
 ``bench_ppo``).

@@ -71,13 +71,15 @@ class PPOConfig:
     policy_lr: float = field(default=1e-5, metadata={"help": "AdamW learning rate of the policy"})
     critic_lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the critic"})
     gamma: float = field(default=1.0, metadata={"help": "GAE discount"})
-    lam: float = field(default=0.95, metadata={"help": "GAE lambda"})
+    lam: float = field(default=1.0, metadata={
+        "help": "GAE lambda (MOSS-RLHF: 0.95, with a critic that starts from the reward model; README, \"PPO\")"})
     clip: float = field(default=0.2, metadata={"help": "policy ratio clip"})
     value_clip: float = field(default=0.2, metadata={"help": "value clip around the rollout's values"})
     reward_clip: float = field(default=5.0, metadata={"help": "scores are clipped to +-this after scaling"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip of policy and critic"})
-    missing_eos_penalty: float = field(default=1.0, metadata={
-        "help": "subtracted from the reward of a response that hits --max-new-tokens without EOS"})
+    missing_eos_penalty: float = field(default=0.0, metadata={
+        "help": "subtracted from the reward of a response that hits --max-new-tokens without EOS (0: none, as in "
+                "MOSS-RLHF; README, \"PPO\")"})
     critic: str = field(default="head", metadata={
         "help": "copy: its own copy of the policy's trunk (MOSS-RLHF); head: a value head on the policy's hidden "
                 "states, no pass of its own (README, \"PPO\")", "choices": CRITICS})
@@ -157,7 +159,8 @@ def train_ppo(prompts: list[str], reward_model: Any, config: PPOConfig = PPOConf
     reference = frozen_copy(model)
     critic = ValueModel(model, config.critic)
     # MOSS-RLHF's optimiser: AdamW without weight decay, betas (0.9, 0.95); the fused kernel is
-    # the same update in one pass over the weights (2.5x faster a step for SmolLM2 on 2 CPU cores)
+    # the same update in one pass over the weights (4.4x faster a step for SmolLM2 on 2 CPU
+    # cores, experiments/bench_ppo_parts.py)
     fused = accelerator.device.type in ("cpu", "cuda")
     policy_optimizer = torch.optim.AdamW(model.parameters(), lr=config.policy_lr, betas=(0.9, 0.95), eps=1e-6,
                                          weight_decay=0.0, fused=fused)
