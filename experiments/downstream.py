@@ -7,8 +7,11 @@ machine, written where the README quotes it.
 
 The run folder (``--work``, default ``downstream-work``) keeps the samples and the PPO runs, so
 a stopped run resumes and a rerun does no model work; features go through the feature cache.
-Writes ``experiments/results/downstream_<stage>.{json,md}`` and its plots
-(``downstream_<stage>*.png``).
+Writes ``experiments/results/<name>.{json,md}`` and its plots (``<name>*.png``; ``--name``,
+default ``downstream_<stage>``).
+
+    RMCLEAN_DATA_DIR=../shared/data python experiments/downstream.py --stage ppo \
+        experiments/downstream_hh_ppo_defaults.json --name downstream_ppo_defaults
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ def main() -> None:
     parser.add_argument("config", type=Path)
     parser.add_argument("--stage", choices=("bon", "ppo"), required=True)
     parser.add_argument("--work", type=Path, default=Path("downstream-work"), help="run folder (resumable)")
+    parser.add_argument("--name", default=None, help="stem of the result files (default: downstream_<stage>)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from rmclean.benefit import load_benefit_pairs
@@ -54,7 +58,7 @@ def main() -> None:
     text = (markdown(record) + f"\nMachine: {record['machine']}; {record['seconds'] / 60:.1f} min for this run "
             "(what the run folder or the feature cache already held was read, not redone). "
             f"Config: `{args.config}`.\n")
-    stem = f"downstream_{args.stage}"
+    stem = args.name or f"downstream_{args.stage}"
     write_results(RESULTS / stem, record, text)
     for plot in (path for path in written if path.suffix == ".png"):
         name = plot.stem.removeprefix(f"{args.stage}_")  # bon.png, ppo_curves.png -> downstream_bon.png, ..._curves.png
