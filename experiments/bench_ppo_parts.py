@@ -54,18 +54,18 @@ def sampler_ab(tokenizer, model, prompt_batches: list[list[str]], max_new_tokens
     settings = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
 
-    def ours(texts):
-        return sample(tokenizer, model, texts, max_new_tokens=max_new_tokens, max_prompt_tokens=256).input_ids
+    def ours(texts) -> int:
+        """Decoding steps taken."""
+        rollout = sample(tokenizer, model, texts, max_new_tokens=max_new_tokens, max_prompt_tokens=256)
+        return rollout.input_ids.shape[1] - rollout.prompt_length
 
-    def theirs(texts):
+    def theirs(texts) -> int:
         encoded = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=256,
                             add_special_tokens=False)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return model.generate(**encoded, generation_config=settings)
+            return model.generate(**encoded, generation_config=settings).shape[1] - encoded["input_ids"].shape[1]
 
-    prompt_length = {id(texts): tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=256,
-                                          add_special_tokens=False)["input_ids"].shape[1] for texts in prompt_batches}
     per_step = {"rmclean": [], "generate": []}
     ours(prompt_batches[0])  # warm-up
     for index, texts in enumerate(prompt_batches):
@@ -73,7 +73,7 @@ def sampler_ab(tokenizer, model, prompt_batches: list[list[str]], max_new_tokens
         for name, function in order if index % 2 == 0 else order[::-1]:
             torch.manual_seed(index)
             started = time.perf_counter()
-            steps = function(texts).shape[1] - prompt_length[id(texts)]
+            steps = function(texts)
             per_step[name].append((time.perf_counter() - started) / steps)
     ratios = np.array(per_step["generate"]) / np.array(per_step["rmclean"])
     return {"seconds_per_step": per_step, "generate_over_rmclean": ratios.tolist(),

@@ -54,12 +54,11 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     import rmclean
-    from rmclean.data.chat import first_turn
     from rmclean.downstream.bon import interval, resample_prompts
     from rmclean.downstream.design import sample_prompts
     from rmclean.files import write_results
     from rmclean.members.reward_models import as_scorer, load_reward_model
-    from rmclean.train.ppo import rewards_of
+    from rmclean.train.ppo import PPOConfig, rewards_of, split_prompts
     from rmclean.train.rollout import EVAL_SAMPLING
 
     pairs, _ = rmclean.split_invalid(rmclean.load_pairs("hh-rlhf", subset=args.subset))
@@ -70,7 +69,7 @@ def main() -> None:
         raise SystemExit(f"the runs differ in first_turn / max_new_tokens / max_prompt_tokens / policy: {settings}")
     cut, max_new_tokens, max_prompt_tokens, policy = settings.pop()
     seen = set().union(*(trained_prompts(list(pairs["prompt"]), summary) for summary in summaries.values()))
-    candidates = list(dict.fromkeys(p for p in (first_turn(p) if cut else p for p in pairs["prompt"]) if p.strip()))
+    candidates, _ = split_prompts(list(pairs["prompt"]), PPOConfig(first_turn=cut, eval_prompts=0))  # deduplicated
     unseen = [candidates[i] for i in np.random.default_rng([args.seed, 31]).permutation(len(candidates))
               if candidates[i] not in seen][: args.prompts]
     score = as_scorer(load_reward_model(args.reward_model))
