@@ -299,15 +299,18 @@ def ppo_curves(metrics: list[dict]):
     return figure
 
 
-def bon_curves(record: dict):
-    """Gold reward against KL of best-of-n, one line per arm with its 95% interval band, and the
-    SFT policy's reward as a horizontal line (the downstream best-of-n stage)."""
+def gold_against_kl(record: dict, xlabel: str, title: str):
+    """Gold reward against KL, one line per arm's ``curve`` with its 95% interval band, and the
+    SFT policy's reward as a horizontal line (the downstream stages: best-of-n over n, PPO over
+    its evaluations)."""
     plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for arm in record["arms"]:
         if arm["name"] == "sft":
-            axis.axhline(arm["gold_reward"]["mean"], color="grey", linewidth=1, label="sft (n = 1)")
+            axis.axhline(arm["gold_reward"]["mean"], color="grey", linewidth=1, label="sft")
+            continue
+        if not arm.get("curve"):
             continue
         kl = [point["kl"] for point in arm["curve"]]
         rewards = [point["gold_reward"] for point in arm["curve"]]
@@ -315,9 +318,9 @@ def bon_curves(record: dict):
         line, = axis.plot(kl, [r["mean"] for r in rewards], marker="o", label=arm["name"], **style)
         axis.fill_between(kl, [r["low"] for r in rewards], [r["high"] for r in rewards], color=line.get_color(),
                           alpha=0.12)
-    axis.set_xlabel("KL to the SFT policy, log n − (n − 1)/n (nats)")
-    axis.set_ylabel("gold reward of the pick")
-    axis.set_title("best-of-n: each proxy picks, the gold model scores")
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel("gold reward")
+    axis.set_title(title)
     axis.legend(fontsize=7)
     figure.tight_layout()
     return figure

@@ -184,14 +184,14 @@ def test_too_few_prompts_is_an_error_before_sampling(tiny_backbone, tmp_path):
 
 
 def test_compare_stage_ppo_trains_each_arm_once_and_judges_it_with_the_gold_model(tiny_policy, tiny_backbone,
-                                                                                   tmp_path, monkeypatch):
+                                                                                   tmp_path, monkeypatch, capsys):
     import rmclean.downstream.ppo as stage
     import rmclean.train.rollout as rollout
 
     path = _stage_config(tmp_path, tiny_backbone, seeds=1,
                          ppo={"arms": ["noisy", "oracle"], "policy": tiny_policy, "updates": 3, "batch_size": 4,
                               "policy_lr": 1e-2, "critic_lr": 1e-2, "max_new_tokens": 8, "eval_prompts": 2,
-                              "critic_warmup": 1, "eval_samples": 2})
+                              "critic_warmup": 1, "eval_samples": 2, "eval_every": 2})
     out = tmp_path / "ppo"
     trained = []
     original = stage.train_ppo
@@ -213,16 +213,36 @@ def test_compare_stage_ppo_trains_each_arm_once_and_judges_it_with_the_gold_mode
     assert arms["oracle"]["kl_k3"] > 0 and len(arms["oracle"]["curves"]["kl_k1"]) == 3
     assert 0 <= arms["oracle"]["proxy_accuracy"] <= 1 and arms["oracle"]["perplexity"] > 1
     runs = sorted(p.name for p in (out / "ppo").iterdir())
-    answers = {run: (out / "ppo" / run / "eval.jsonl").read_text().splitlines()[1:] for run in runs}
+    answers = {(run, update): (out / "ppo" / run / f"eval-000{update}.jsonl").read_text().splitlines()[1:]
+               for run in runs for update in (2, 3)}
     sft_answers = (out / "sft" / "eval.jsonl").read_text().splitlines()[1:]
     assert all(lines != sft_answers and len(lines) == 6 for lines in answers.values())  # trained policies answer
+    assert all(answers[run, 2] != answers[run, 3] for run in runs)  # the policy on the way is not the final one
     assert len(runs) == 2 and all((out / "ppo" / run / "policy" / "config.json").exists() for run in runs)
-    for name in ("ppo.md", "plots/ppo_curves.png", "plots/ppo_win_tie_lose.png"):
+    # gold reward against KL: SFT at 0, then each evaluation, the last one the table's
+    for name in ("noisy", "oracle"):
+        curve = arms[name]["curve"]
+        assert [point["update"] for point in curve] == [0, 2, 3]
+        assert curve[0]["gold_reward"] == arms["sft"]["gold_reward"] and curve[0]["kl"] == 0
+        assert curve[-1]["gold_reward"] == arms[name]["gold_reward"] and curve[-1]["kl"] == pytest.approx(arms[name]["kl"])
+        assert curve[1]["kl"] == pytest.approx(np.mean(arms[name]["curves"]["kl_k1"][:2]))
+    if record["matched_kl"] is not None:  # both runs reached a positive KL (k1 may be negative over a few episodes)
+        assert record["matched_kl"] == pytest.approx(min(max(p["kl"] for p in arms[n]["curve"]) for n in ("noisy", "oracle")))
+        assert "gain_over_noisy" in arms["oracle"]["at_matched_kl"]
+    for name in ("ppo.md", "plots/ppo_curves.png", "plots/ppo_win_tie_lose.png", "plots/ppo_gold_kl.png"):
         assert (out / name).stat().st_size > 0
     # nothing changed: no training, no sampling, the same table
     monkeypatch.setattr(rollout, "load_policy", lambda *a, **k: pytest.fail("the rerun loaded a policy"))
     assert main(["compare", "--stage", "ppo", str(path), "--out", str(out), "--quiet"]) == 0
     assert len(trained) == 2 and json.loads((out / "ppo.json").read_text())["arms"] == record["arms"]
+    # an evaluation the finished runs had passed is left out, said, and retrains nothing
+    config = json.loads(path.read_text())
+    config["ppo"]["eval_every"] = 1
+    path.write_text(json.dumps(config))
+    assert main(["compare", "--stage", "ppo", str(path), "--out", str(out)]) == 0
+    assert "no gold evaluation at update 1" in capsys.readouterr().out
+    again = {arm["name"]: arm for arm in json.loads((out / "ppo.json").read_text())["arms"]}
+    assert len(trained) == 2 and [point["update"] for point in again["noisy"]["curve"]] == [0, 2, 3]
     # one more arm: only it trains
     monkeypatch.undo()
     monkeypatch.setenv("RMCLEAN_CACHE_DIR", str(tmp_path / "feature-cache"))
@@ -233,6 +253,14 @@ def test_compare_stage_ppo_trains_each_arm_once_and_judges_it_with_the_gold_mode
     path.write_text(json.dumps(config))
     assert main(["compare", "--stage", "ppo", str(path), "--out", str(out), "--quiet"]) == 0
     assert len(trained) == 3 and len(list((out / "ppo").iterdir())) == 3
+    # one more update: each run continues from its checkpoint, and its last answers are now a point on the way
+    config["ppo"].update(updates=4, eval_every=3)
+    path.write_text(json.dumps(config))
+    assert main(["compare", "--stage", "ppo", str(path), "--out", str(out), "--quiet"]) == 0
+    longer = {arm["name"]: arm for arm in json.loads((out / "ppo.json").read_text())["arms"]}
+    assert len(trained) == 6 and len(list((out / "ppo").iterdir())) == 3
+    assert [point["update"] for point in longer["noisy"]["curve"]] == [0, 3, 4]
+    assert longer["noisy"]["curve"][1]["gold_reward"] == arms["noisy"]["gold_reward"]
 
 
 def test_ppo_stage_asks_the_llm_judge_both_orders_once_and_refuses_a_judge_without_a_key(
@@ -274,8 +302,34 @@ def answer_rows(out):
         lines = [json.loads(line) for line in path.read_text().splitlines()[1:]]
         return [row["samples"] for row in sorted(lines, key=lambda row: row["prompt"])]
     run = next((out / "ppo").iterdir())
-    return rows(run / "eval.jsonl"), rows(out / "sft" / "eval.jsonl")
+    return rows(run / "eval-0002.jsonl"), rows(out / "sft" / "eval.jsonl")
 
 
 def record_prompts(out):
     return [json.loads(line)["prompt"] for line in (out / "sft" / "eval.jsonl").read_text().splitlines()[1:]]
+
+
+def test_gold_reward_at_a_matched_kl_is_read_off_each_curve_prompt_by_prompt():
+    from rmclean.downstream.ppo import at_kl, ppo_record
+
+    curve = [(0.0, np.array([0.0, 1.0])), (0.5, np.array([1.0, 1.0])), (0.2, np.array([5.0, 5.0])),
+             (1.0, np.array([3.0, 1.0]))]
+    assert at_kl(curve, 0.25) == pytest.approx([0.5, 1.0])  # where the curve first reaches the KL
+    assert at_kl(curve, 0.6) == pytest.approx([4.0, 3.0])  # on the way up again, half-way from 0.2 to 1.0
+    with pytest.raises(ValueError, match="never reaches"):
+        at_kl(curve, 1.5)
+    gold = {"sft": np.zeros((4, 2)), "noisy": np.full((4, 2), 2.0), "flip": np.full((4, 2), 3.0)}
+    runs = {"noisy": {"kl_k1": 0.4, "curves": {"update": [1, 2, 3, 4], "kl_k1": [0.2, 0.2, 0.6, 0.6]}},
+            "flip": {"kl_k1": 0.1, "curves": {"update": [1, 2, 3, 4], "kl_k1": [0.1, 0.1, 0.1, 0.1]}}}
+    evaluations = {"noisy": {2: np.ones((4, 2)), 4: gold["noisy"]}, "flip": {4: gold["flip"]}}
+    record = ppo_record(gold, runs, band=0.1, resamples=50, evaluations=evaluations)
+    arms = {arm["name"]: arm for arm in record["arms"]}
+    assert [(p["update"], p["kl"]) for p in arms["noisy"]["curve"]] == [(0, 0.0), (2, pytest.approx(0.2)),
+                                                                       (4, pytest.approx(0.4))]
+    assert record["matched_kl"] == pytest.approx(0.1)  # the largest KL both runs reached
+    assert arms["noisy"]["at_matched_kl"]["gold_reward"]["mean"] == pytest.approx(0.5)  # half-way from SFT to update 2
+    assert arms["flip"]["at_matched_kl"]["gain_over_noisy"]["mean"] == pytest.approx(2.5)
+    assert "curve" not in arms["sft"] and "at_matched_kl" not in arms["sft"]
+    runs["flip"]["curves"]["kl_k1"] = [-0.1] * 4  # a run that never left the reference: no matched KL
+    record = ppo_record(gold, runs, band=0.1, resamples=50, evaluations=evaluations)
+    assert record["matched_kl"] is None and all("at_matched_kl" not in arm for arm in record["arms"])

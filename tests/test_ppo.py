@@ -59,7 +59,15 @@ def test_ppo_raises_a_programmatic_reward_and_writes_its_files(tiny_policy, tmp_
 def test_same_seed_same_metrics_and_a_killed_run_resumes_to_the_same_numbers(tiny_policy, tmp_path):
     config = PPOConfig(**{**FAST.__dict__, "updates": 6, "checkpoint_every": 2, "sample_every": 3})
     whole = train_ppo(PROMPTS, digits, config, out=tmp_path / "whole", policy=load_policy(tiny_policy), progress=False)
-    again = train_ppo(PROMPTS, digits, config, out=tmp_path / "again", policy=load_policy(tiny_policy), progress=False)
+    called = []
+
+    def sample_on_the_way(update, tokenizer, policy):  # draws from torch's generator between updates
+        called.append(update)
+        sample(tokenizer, policy, render_prompts(tokenizer, PROMPTS[:2])[0], max_new_tokens=4, max_prompt_tokens=64)
+
+    again = train_ppo(PROMPTS, digits, config, out=tmp_path / "again", policy=load_policy(tiny_policy), progress=False,
+                      on_update=sample_on_the_way)
+    assert called == list(range(1, 7))
     assert [row["reward_mean"] for row in whole.metrics] == [row["reward_mean"] for row in again.metrics]
     # a run killed during update 4: its logs reach update 3, its last checkpoint holds update 2
     killed = tmp_path / "killed"

@@ -192,7 +192,9 @@ def write_bon(record: dict[str, Any], folder: str | os.PathLike) -> list[Path]:
 
     folder = Path(folder)
     written = write_results(folder / "bon", record, bon_markdown(record))
-    plots.save(plots.bon_curves(record), folder / "plots" / "bon.png")
+    figure = plots.gold_against_kl(record, xlabel="KL to the SFT policy, log n − (n − 1)/n (nats)",
+                                   title="best-of-n: each proxy picks, the gold model scores")
+    plots.save(figure, folder / "plots" / "bon.png")
     return written + [folder / "plots" / "bon.png"]
 
 

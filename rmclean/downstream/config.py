@@ -78,13 +78,17 @@ class BestOfNConfig:
 @dataclass(frozen=True)
 class PPOStageConfig:
     """The PPO stage: which arms get a policy, how each is trained (:class:`PPOConfig`, the
-    same for every arm) and how the final policies are sampled for the gold model."""
+    same for every arm) and how the policies are sampled for the gold model, at the end and
+    every ``eval_every`` updates on the way."""
 
     arms: tuple[str, ...] | None = field(default=None, metadata={
         "help": "proxy arms to train a policy against (default: noisy, each denoiser, oracle)"})
     eval_samples: int = field(default=2, metadata={
-        "help": "samples per held-out prompt from each final policy (the paper's settings: T 0.8, top-p 0.9, "
-                "repetition penalty 1.1)"})
+        "help": "samples per held-out prompt from each policy at each evaluation (the paper's settings: T 0.8, "
+                "top-p 0.9, repetition penalty 1.1)"})
+    eval_every: int | None = field(default=25, metadata={
+        "help": "the gold model also judges each policy every N updates on the way (answers sampled from the "
+                "policy as it is then), for gold reward against KL; None: at the end only", "metavar": "N"})
     judge: JudgeConfig | None = field(default=None, metadata={
         "help": "an LLM judge for win / tie / lose against the SFT policy's answers too (the paper's metric): "
                 "JudgeConfig settings, asked in both orders as rmclean check asks"})
@@ -95,6 +99,13 @@ class PPOStageConfig:
             object.__setattr__(self, "arms", tuple(self.arms))
         if self.eval_samples < 1:
             raise ValueError(f"ppo.eval_samples must be at least 1, got {self.eval_samples}")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ValueError(f"ppo.eval_every must be at least 1 (or null: at the end only), got {self.eval_every}")
+
+    def evaluation_updates(self) -> list[int]:
+        """The updates after which the gold model judges each policy: every ``eval_every``, and the last."""
+        every = self.eval_every or self.ppo.updates
+        return sorted({*range(every, self.ppo.updates, every), self.ppo.updates})
 
 
 @dataclass(frozen=True)

@@ -225,9 +225,13 @@ def sample_features(prompts: list[str], samples: list[list[str]], features: Feat
 
 def sample_prompts(prompts: list[str], path: Path, *, policy: str, samples: int, max_new_tokens: int,
                    max_prompt_tokens: int, generation_batch: int, cache_dir=None, progress: bool = True,
-                   **sampling: float) -> list[list[str]]:
+                   name: str | None = None, loaded: tuple[Any, Any] | None = None, read_only: bool = False,
+                   **sampling: float) -> list[list[str]] | None:
     """``samples`` responses of ``policy`` to each prompt, ``[prompt][sample]``, sampled with
-    ``sampling`` (``temperature``, ``top_p``, ``repetition_penalty``).
+    ``sampling`` (``temperature``, ``top_p``, ``repetition_penalty``). ``name``: how the file
+    names the policy (default: its resolved folder, or the id); ``loaded``: the policy already
+    in memory as ``(tokenizer, model)``, used instead of loading ``policy``; ``read_only``:
+    return what the file holds, or None where it lacks samples, and never sample.
 
     Prompts are sampled in fixed batches, each seeded from its first prompt, and each batch is
     appended to ``path`` (JSON lines: the settings, then one line a prompt) when done: a
@@ -240,7 +244,8 @@ def sample_prompts(prompts: list[str], path: Path, *, policy: str, samples: int,
     from ..train import rollout
 
     folder = Path(str(policy)).expanduser()
-    identity = {"policy": str(folder.resolve()) if folder.exists() else str(policy), "samples": samples, "max_new_tokens": max_new_tokens,
+    named = name if name is not None else str(folder.resolve()) if folder.exists() else str(policy)
+    identity = {"policy": named, "samples": samples, "max_new_tokens": max_new_tokens,
                 "max_prompt_tokens": max_prompt_tokens, "generation_batch": generation_batch, **sampling}
     rows: list[dict[str, Any]] = []
     if path.exists():
@@ -255,10 +260,12 @@ def sample_prompts(prompts: list[str], path: Path, *, policy: str, samples: int,
     per_batch = max(1, generation_batch // samples)
     batches = [prompts[start:start + per_batch] for start in range(0, len(prompts), per_batch)]
     todo = [batch for batch in batches if not all(p in done for p in batch)]
+    if todo and read_only:
+        return None
     if todo:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text(path, "".join(json.dumps(row) + "\n" for row in [{"identity": identity}, *rows[1:]]))
-        tokenizer, model = rollout.load_policy(str(policy), cache_dir)
+        tokenizer, model = loaded or rollout.load_policy(str(policy), cache_dir)
         bar = tqdm(total=sum(map(len, todo)), desc=f"samples of {Path(str(policy)).name}", unit="prompt",
                    disable=not progress)
         with path.open("a", encoding="utf-8") as handle:

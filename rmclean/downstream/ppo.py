@@ -9,16 +9,21 @@ answers: gold reward with a 95% bootstrap interval over prompts, and win / tie /
 the SFT policy's answers and against the ``noisy`` arm's (a gold difference within ``tie`` gold
 standard deviations of the SFT answers is a tie). KL to the reference, perplexity, response
 length, EOS and repetition rates are the last 10 updates' means of each run's ``metrics.jsonl``.
+Every ``eval_every`` updates on the way, each policy answers the same prompts (sampled inside
+the training loop) for its curve of gold reward against KL, and the arms are compared at a
+matched KL (the largest every run reached), as Gao et al. 2022 compare reward models.
 
 Each arm's run lives in ``out/ppo/<arm>-<digest>/``, named by everything it depends on (the
-proxy's weights, the PPO settings, the prompts): a changed config trains only the arms it
-changes, more ``updates`` continue each run from its last checkpoint, a killed run resumes,
-and a rerun with nothing changed trains and samples nothing.
+proxy's weights, the PPO settings, the prompts), its answers after update ``u`` in
+``eval-<u>.jsonl``: a changed config trains only the arms it changes, more ``updates``
+continue each run from its last checkpoint, a killed run resumes, and a rerun with nothing
+changed trains and samples nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -76,45 +81,70 @@ def policy_stage(pairs, config: DownstreamConfig = DownstreamConfig(), *, out: s
     arms = proxy_arms(design, views, config, ppo_config.seed)
     names = list(stage.arms or config.arms)
 
-    def answers(policy: str, folder: Path) -> list[list[str]]:
-        return sample_prompts(design.heldout, folder / "eval.jsonl", policy=policy, samples=stage.eval_samples,
+    def answers(policy: str, path: Path, **reading: Any) -> list[list[str]] | None:
+        return sample_prompts(design.heldout, path, policy=policy, samples=stage.eval_samples,
                               max_new_tokens=ppo_config.max_new_tokens, max_prompt_tokens=ppo_config.max_prompt_tokens,
-                              generation_batch=32, cache_dir=cache_dir, progress=progress, **EVAL_SAMPLING)
+                              generation_batch=32, cache_dir=cache_dir, progress=progress, **reading, **EVAL_SAMPLING)
+
+    def run_answers(run: Path, update: int, **reading: Any) -> list[list[str]] | None:
+        """A run's answers after ``update``: from its written policy (the last update), the policy
+        in memory on the way (``loaded``), or what the file holds (``read_only``)."""
+        return answers(str(run / "policy"), run / f"eval-{update:04d}.jsonl", name=f"{run.name}@update-{update}",
+                       **reading)
 
     def gold_of(samples: list[list[str]]) -> np.ndarray:
         return np.asarray(gold_score(*flat_hh(design.heldout, samples)), dtype=np.float64).reshape(
             len(design.heldout), -1)
 
-    sft_answers = answers(ppo_config.policy, out / "sft")
+    sft_answers = answers(ppo_config.policy, out / "sft" / "eval.jsonl")
     gold = {"sft": gold_of(sft_answers)}
     runs: dict[str, dict[str, Any]] = {}
+    evaluations: dict[str, dict[int, np.ndarray]] = {}
+    on_the_way = [update for update in stage.evaluation_updates() if update < ppo_config.updates]
     for name in names:
         model, accuracy = arms[name]
         settings_record = {k: v for k, v in to_record(ppo_config).items() if k not in RESUMABLE}  # more updates resume
         run = out / "ppo" / f"{_slug(name)}-{_digest(model.describe(), settings_record, train_prompts)}"
+
+        def evaluate(update: int, tokenizer, policy, run: Path = run) -> None:  # the policy on the way
+            if update in on_the_way:
+                run_answers(run, update, loaded=(tokenizer, policy))
+
         if not _finished(run, ppo_config.updates):
             say(f"{name}: PPO for {ppo_config.updates} updates in {run}")
-            result = train_ppo(train_prompts, model, ppo_config, out=run, cache_dir=cache_dir, progress=progress)
+            result = train_ppo(train_prompts, model, ppo_config, out=run, cache_dir=cache_dir, progress=progress,
+                               on_update=evaluate)
             write_ppo(result, run)
             del result
-        arm_answers = answers(str(run / "policy"), run)
+        arm_answers = run_answers(run, ppo_config.updates)
         gold[name] = gold_of(arm_answers)
+        evaluations[name] = {}
+        for update in on_the_way:
+            earlier = run_answers(run, update, read_only=True)
+            if earlier is None:
+                say(f"{name}: no gold evaluation at update {update}: the run had passed it when it was asked")
+            else:
+                evaluations[name][update] = gold_of(earlier)
+        evaluations[name][ppo_config.updates] = gold[name]
         runs[name] = {"run": str(run), "proxy_accuracy": accuracy, **_run_metrics(run)}
         if stage.judge is not None:
             runs[name]["judge"] = judged(design.heldout, arm_answers, sft_answers, stage.judge, out / "judge.sqlite",
                                          progress)
         say(f"{name}: gold reward {gold[name].mean():.4f} (SFT {gold['sft'].mean():.4f}), KL k1 {runs[name]['kl_k1']:.3f}")
     band = settings.tie * float(gold["sft"].std())
-    record = ppo_record(gold, runs, band, settings.resamples)
+    record = ppo_record(gold, runs, band, settings.resamples, evaluations)
     record.update({**design_record(config, design, gold_accuracy, band, "ppo"), "train_prompts": len(train_prompts)})
     return record
 
 
 def ppo_record(gold: dict[str, np.ndarray], runs: dict[str, dict[str, Any]], band: float,
-               resamples: int = 1000) -> dict[str, Any]:
-    """The ``arms`` table from each arm's gold rewards ``(prompts, eval samples)`` (``sft``
+               resamples: int = 1000, evaluations: dict[str, dict[int, np.ndarray]] | None = None) -> dict[str, Any]:
+    """The ``arms`` table from each arm's final gold rewards ``(prompts, eval samples)`` (``sft``
     among them) and its run's metrics; ``gain_over_sft`` / ``gain_over_noisy``: the gold reward
-    difference with a paired interval (the same prompts resampled)."""
+    difference with a paired interval (the same prompts resampled). ``evaluations``: each run's
+    gold rewards by update, for its ``curve`` (gold reward against KL, from SFT at KL 0) and the
+    comparison at a matched KL (``matched_kl``: the largest KL every run reached; each curve
+    interpolated linearly there, prompt by prompt)."""
     n_prompts = gold["sft"].shape[0]
     resampled = resample_prompts(n_prompts, resamples, seed=43)
 
@@ -126,17 +156,51 @@ def ppo_record(gold: dict[str, np.ndarray], runs: dict[str, dict[str, Any]], ban
         win, tie, lose = compare(joined, weights, other_weights, band).mean(axis=0)
         return {"win": float(win), "tie": float(tie), "lose": float(lose)}
 
+    sft = gold["sft"].mean(axis=1)
+    curves = {name: [(0.0, sft)] + [(kl_at(runs[name]["curves"], update), rewards.mean(axis=1))
+                                    for update, rewards in sorted(points.items())]
+              for name, points in (evaluations or {}).items()}
+    matched_kl = min((max(kl for kl, _ in curve) for curve in curves.values()), default=0.0)
+    matched = {name: at_kl(curve, matched_kl) for name, curve in curves.items()} if matched_kl > 0 else {}
     table = []
     for name, rewards in gold.items():
         run = runs.get(name, {})
         gains = {f"gain_over_{other}": interval(rewards.mean(axis=1) - gold[other].mean(axis=1), resampled)
                  for other in ("sft", "noisy") if other in gold}
-        table.append({"name": name, "gold_reward": interval(rewards.mean(axis=1), resampled), **gains,
-                      "kl": run.get("kl_k1", 0.0), **versus(name, "sft"),
-                      "vs_noisy": versus(name, "noisy") if "noisy" in gold else None,
-                      **{key: value for key, value in run.items() if key != "kl_k1"}})
-    return {"arms": table, "tie_band": band,
-            "note": "sft is the SFT policy itself; kl is k1 per response over the last updates of each run"}
+        row = {"name": name, "gold_reward": interval(rewards.mean(axis=1), resampled), **gains,
+               "kl": run.get("kl_k1", 0.0), **versus(name, "sft"),
+               "vs_noisy": versus(name, "noisy") if "noisy" in gold else None,
+               **{key: value for key, value in run.items() if key != "kl_k1"}}
+        if name in curves:
+            row["curve"] = [{"update": update, "kl": kl, "gold_reward": interval(values, resampled),
+                             "gain_over_sft": interval(values - sft, resampled)}
+                            for update, (kl, values) in zip([0, *sorted(evaluations[name])], curves[name])]
+        if name in matched:
+            row["at_matched_kl"] = {"gold_reward": interval(matched[name], resampled),
+                                    "gain_over_sft": interval(matched[name] - sft, resampled)}
+            if "noisy" in matched:
+                row["at_matched_kl"]["gain_over_noisy"] = interval(matched[name] - matched["noisy"], resampled)
+        table.append(row)
+    return {"arms": table, "tie_band": band, "matched_kl": matched_kl if matched else None,
+            "note": "sft is the SFT policy itself; kl is k1 per response over the last updates of each run (at each "
+                    "point of a curve: the updates up to it)"}
+
+
+def kl_at(curves: dict[str, list], update: int) -> float:
+    """A run's KL to the reference at ``update``: the mean k1 of the :data:`LAST_UPDATES` updates
+    up to it (the window the table's ``kl`` uses at the end)."""
+    window = [kl for at, kl in zip(curves["update"], curves["kl_k1"]) if update - LAST_UPDATES < at <= update]
+    return float(np.mean(window))
+
+
+def at_kl(curve: list[tuple[float, np.ndarray]], kl: float) -> np.ndarray:
+    """Per-prompt gold rewards where a run's curve ``[(kl, per-prompt rewards), ...]`` (in update
+    order, from SFT at 0) first reaches ``kl``, interpolated linearly between its two points."""
+    for (kl_before, before), (kl_after, after) in itertools.pairwise(curve):
+        if kl_after >= kl > kl_before:
+            share = (kl - kl_before) / (kl_after - kl_before)
+            return (1 - share) * before + share * after
+    raise ValueError(f"the curve never reaches KL {kl}")
 
 
 def judged(prompts: list[str], answers: list[list[str]], sft_answers: list[list[str]], judge: JudgeConfig,
@@ -194,6 +258,7 @@ def ppo_markdown(record: dict[str, Any]) -> str:
         gain = "" if gain is None else f"{gain['mean']:+.4f} [{gain['low']:+.4f}, {gain['high']:+.4f}]"
         lines.append(f"| {arm['name']} | {accuracy} | {reward['mean']:.4f} [{reward['low']:.4f}, {reward['high']:.4f}] | "
                      f"{gain} | {arm['win']:.2f} / {arm['tie']:.2f} / {arm['lose']:.2f} | {versus_noisy} | {run} |")
+    lines += _curve_markdown(record)
     judged_arms = [arm for arm in record["arms"] if "judge" in arm]
     if judged_arms:
         lines += ["", "The LLM judge against the SFT policy's answers (both orders; undecided: invalid, failed or "
@@ -203,17 +268,45 @@ def ppo_markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _curve_markdown(record: dict[str, Any]) -> list[str]:
+    """The gold reward at each evaluation on the way, and every arm at the matched KL."""
+    def span(value: dict[str, float]) -> str:
+        return f"{value['mean']:+.4f} [{value['low']:+.4f}, {value['high']:+.4f}]"
+
+    lines = []
+    curved = [arm for arm in record["arms"] if len(arm.get("curve", ())) > 2]
+    if curved:
+        lines += ["", "Gold reward on the way (KL k1: the mean of the 10 updates up to each evaluation):", "",
+                  "| arm | update | KL k1 | gold reward [95%] | gain over SFT [95%] |", "|---|---:|---:|---|---|"]
+        lines += [f"| {arm['name']} | {point['update']} | {point['kl']:.3f} | {span(point['gold_reward'])} | "
+                  f"{span(point['gain_over_sft'])} |" for arm in curved for point in arm["curve"][1:]]
+    if record.get("matched_kl") is not None:
+        lines += ["", f"At a matched KL of {record['matched_kl']:.3f} (the largest every run reached; each run's gold "
+                  "reward interpolated linearly between its evaluations, from SFT at KL 0, prompt by prompt):", "",
+                  "| arm | gold reward [95%] | gain over SFT [95%] | gain over noisy (paired 95%) |", "|---|---|---|---|"]
+        for arm in record["arms"]:
+            if "at_matched_kl" in arm:
+                at = arm["at_matched_kl"]
+                noisy = span(at["gain_over_noisy"]) if "gain_over_noisy" in at and arm["name"] != "noisy" else ""
+                lines.append(f"| {arm['name']} | {span(at['gold_reward'])} | {span(at['gain_over_sft'])} | {noisy} |")
+    return lines
+
+
 def write_policy_stage(record: dict[str, Any], folder: str | os.PathLike) -> list[Path]:
-    """``ppo.json``, ``ppo.md``, ``plots/ppo_curves.png`` (figure 9) and
-    ``plots/ppo_win_tie_lose.png`` (figure 10) into ``folder``."""
+    """``ppo.json``, ``ppo.md``, ``plots/ppo_curves.png`` (figure 9),
+    ``plots/ppo_win_tie_lose.png`` (figure 10) and ``plots/ppo_gold_kl.png`` (gold reward
+    against KL at each evaluation) into ``folder``."""
     from .. import plots
     from ..files import write_results
 
     folder = Path(folder)
     written = write_results(folder / "ppo", record, ppo_markdown(record))
-    plots.save(plots.downstream_ppo_curves(record), folder / "plots" / "ppo_curves.png")
-    plots.save(plots.win_tie_lose(record), folder / "plots" / "ppo_win_tie_lose.png")
-    return written + [folder / "plots" / "ppo_curves.png", folder / "plots" / "ppo_win_tie_lose.png"]
+    figures = {"ppo_curves.png": plots.downstream_ppo_curves(record), "ppo_win_tie_lose.png": plots.win_tie_lose(record),
+               "ppo_gold_kl.png": plots.gold_against_kl(record, xlabel="KL to the reference, k1 (nats)",
+                                                        title="PPO: each proxy trains, the gold model scores")}
+    for name, figure in figures.items():
+        plots.save(figure, folder / "plots" / name)
+    return written + [folder / "plots" / name for name in figures]
 
 
-__all__ = ["policy_stage", "ppo_markdown", "ppo_record", "write_policy_stage"]
+__all__ = ["at_kl", "kl_at", "policy_stage", "ppo_markdown", "ppo_record", "write_policy_stage"]

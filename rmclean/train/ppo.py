@@ -134,12 +134,15 @@ class PPOResult:
 
 def train_ppo(prompts: list[str], reward_model: Any, config: PPOConfig = PPOConfig(), *, out: str | os.PathLike,
               policy: tuple[Any, Any] | None = None, cache_dir: str | os.PathLike | None = None,
-              progress: bool = True, report: Callable[[dict[str, Any]], None] | None = None) -> PPOResult:
+              progress: bool = True, report: Callable[[dict[str, Any]], None] | None = None,
+              on_update: Callable[[int, Any, Any], None] | None = None) -> PPOResult:
     """Train ``config.policy`` (or a ready ``(tokenizer, model)``) with PPO against
     ``reward_model`` (anything with ``reward(prompts, responses)``, e.g. from
     :func:`rmclean.members.reward_models.load_reward_model`, or a plain callable of the same
     arguments) on ``prompts`` (hh prompts or plain instructions), writing into ``out``.
-    ``report`` gets each update's metrics."""
+    ``report`` gets each update's metrics; ``on_update(update, tokenizer, policy)`` is called
+    after each update, before its checkpoint (a run killed inside it redoes the update and calls
+    it again), with the policy as it is then (it may sample: each update reseeds)."""
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -247,6 +250,8 @@ def train_ppo(prompts: list[str], reward_model: Any, config: PPOConfig = PPOConf
         row.update({**timings, "seconds": time.perf_counter() - started})
         _append_line(out / "metrics.jsonl", row)
         metrics.append(row)
+        if on_update is not None:
+            on_update(update + 1, tokenizer, accelerator.unwrap_model(model))
         if (update + 1) % config.checkpoint_every == 0 or update + 1 == config.updates:
             _checkpoint(out, update + 1, identity, model, critic, policy_optimizer, critic_optimizer, moments,
                         accelerator)
