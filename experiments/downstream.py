@@ -11,7 +11,7 @@ Writes ``experiments/results/<name>.{json,md}`` and its plots (``<name>*.png``; 
 default ``downstream_<stage>``).
 
     RMCLEAN_DATA_DIR=../shared/data python experiments/downstream.py --stage ppo \
-        experiments/downstream_hh_ppo_defaults.json --name downstream_ppo_defaults
+        experiments/downstream_hh_earlier_ppo_defaults.json --name downstream_ppo_earlier_defaults
 """
 
 from __future__ import annotations

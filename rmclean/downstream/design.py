@@ -266,7 +266,7 @@ def sample_prompts(prompts: list[str], path: Path, *, policy: str, samples: int,
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text(path, "".join(json.dumps(row) + "\n" for row in [{"identity": identity}, *rows[1:]]))
         tokenizer, model = loaded or rollout.load_policy(str(policy), cache_dir)
-        bar = tqdm(total=sum(map(len, todo)), desc=f"samples of {Path(str(policy)).name}", unit="prompt",
+        bar = tqdm(total=sum(map(len, todo)), desc=f"samples of {name or Path(str(policy)).name}", unit="prompt",
                    disable=not progress)
         with path.open("a", encoding="utf-8") as handle:
             for batch in todo:
