@@ -333,3 +333,30 @@ def test_gold_reward_at_a_matched_kl_is_read_off_each_curve_prompt_by_prompt():
     runs["flip"]["curves"]["kl_k1"] = [-0.1] * 4  # a run that never left the reference: no matched KL
     record = ppo_record(gold, runs, band=0.1, resamples=50, evaluations=evaluations)
     assert record["matched_kl"] is None and all("at_matched_kl" not in arm for arm in record["arms"])
+
+
+def test_each_source_of_the_held_out_prompts_gets_its_own_numbers():
+    from rmclean.downstream import bon_record
+    from rmclean.downstream.bon import source_markdown
+    from rmclean.downstream.ppo import ppo_record
+
+    rng = np.random.default_rng(0)
+    sources = ["harmless-base"] * 5 + ["helpful-base"] * 3
+    gold = {"sft": rng.normal(size=(8, 2)), "noisy": rng.normal(size=(8, 2)), "flip": rng.normal(size=(8, 2)) + 1}
+    runs = {name: {"kl_k1": 0.2, "curves": {"update": [1, 2], "kl_k1": [0.1, 0.3]}} for name in ("noisy", "flip")}
+    record = ppo_record(gold, runs, band=0.1, resamples=50, sources=sources)
+    flip = next(arm for arm in record["arms"] if arm["name"] == "flip")
+    helpful = flip["by_source"]["helpful-base"]
+    assert helpful["gold_reward"]["mean"] == pytest.approx(gold["flip"][5:].mean())
+    assert helpful["gain_over_noisy"]["mean"] == pytest.approx(gold["flip"][5:].mean() - gold["noisy"][5:].mean())
+    shares = [flip["by_source"][s]["vs_sft"] for s in ("harmless-base", "helpful-base")]
+    assert all(sum(share.values()) == pytest.approx(1.0) for share in shares)
+    assert flip["win"] == pytest.approx((5 * shares[0]["win"] + 3 * shares[1]["win"]) / 8)  # the sources make the whole
+    table = source_markdown(record["arms"], ("gain_over_noisy", "vs_sft"))
+    assert "| helpful-base: gain over noisy | helpful-base: win / tie / lose vs SFT |" in table[3]
+    assert table[-1].startswith("| flip | ") and table[-1].count(" / ") == 4 and len(table) == 5 + 3
+    # best-of-n: the pick at the largest n, per source
+    proxies = [{"noisy": (rng.normal(size=(8, 4)), 0.5), "flip": (rng.normal(size=(8, 4)), 0.6)}]
+    bon = bon_record(rng.normal(size=(8, 4)), proxies, 0.7, band=0.1, resamples=50, sources=sources)
+    assert {arm["name"]: sorted(arm["by_source"]) for arm in bon["arms"]}["flip"] == ["harmless-base", "helpful-base"]
+    assert bon_record(rng.normal(size=(8, 4)), proxies, 0.7, band=0.1, resamples=50)["arms"][0]["by_source"] == {}

@@ -78,6 +78,46 @@ def interval(per_prompt: np.ndarray, resampled: np.ndarray) -> dict[str, float]:
             "high": float(np.quantile(means, 0.975))}
 
 
+#: How tables name the values of a record.
+COLUMN_NAMES = {"gold_reward": "gold reward", "gain_over_sft": "gain over SFT", "gain_over_noisy": "gain over noisy",
+                "vs_sft": "win / tie / lose vs SFT"}
+
+
+def by_source(values: dict[str, np.ndarray], sources: list[str] | None, resamples: int) -> dict[str, dict]:
+    """Each per-prompt value ``(prompts,)`` of ``values`` (e.g. ``gold_reward``, ``gain_over_sft``)
+    with its 95% bootstrap interval over the prompts of each source alone; ``{}`` with fewer
+    than two sources."""
+    if sources is None or len(set(sources)) < 2:
+        return {}
+    labels = np.asarray(sources, dtype=object)
+    table = {}
+    for source in sorted(set(sources)):
+        index = np.flatnonzero(labels == source)
+        resampled = resample_prompts(index.size, resamples, seed=47)
+        table[source] = {key: interval(value[index], resampled) for key, value in values.items()}
+    return table
+
+
+def source_markdown(arms: list[dict[str, Any]], keys: tuple[str, ...]) -> list[str]:
+    """The ``by_source`` values ``keys`` of each arm (intervals, or win / tie / lose shares) as a
+    Markdown table (none without them)."""
+    sources = sorted({source for arm in arms for source in arm.get("by_source", {})})
+    if not sources:
+        return []
+    columns = [(source, key) for source in sources for key in keys]
+    lines = ["", "By source of the held-out prompts (95% intervals over that source's prompts alone):", "",
+             "| arm | " + " | ".join(f"{source}: {COLUMN_NAMES.get(key, key)}" for source, key in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for arm in arms:
+        cells = []
+        for source, key in columns:
+            value = arm.get("by_source", {}).get(source, {}).get(key)
+            cells.append("" if value is None else f"{value['win']:.2f} / {value['tie']:.2f} / {value['lose']:.2f}"
+                         if "win" in value else f"{value['mean']:+.4f} [{value['low']:+.4f}, {value['high']:+.4f}]")
+        lines.append(f"| {arm['name']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def best_of_n(pairs, config: DownstreamConfig = DownstreamConfig(), *, out: str | os.PathLike,
               cache_dir=None, progress: bool = True, report: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the best-of-n comparison on ``pairs`` and return its record: ``{"arms": [{"name",
@@ -109,16 +149,17 @@ def best_of_n(pairs, config: DownstreamConfig = DownstreamConfig(), *, out: str 
         proxies_by_seed.append({name: (model.reward_of_features(features, model.groups_of(flat_prompts))
                                        .reshape(gold.shape), accuracy) for name, (model, accuracy) in arms.items()})
         say(f"seed {seed}: clean-test accuracy " + ", ".join(f"{n} {a:.3f}" for n, (_, a) in arms.items()))
-    record = bon_record(gold, proxies_by_seed, gold_accuracy, band, settings.resamples)
+    record = bon_record(gold, proxies_by_seed, gold_accuracy, band, settings.resamples, design.heldout_sources())
     record.update(design_record(config, design, gold_accuracy, band, "bon"))
     return record
 
 
 def bon_record(gold: np.ndarray, proxies_by_seed: list[dict[str, tuple[np.ndarray, float]]], gold_accuracy: float,
-               band: float, resamples: int = 1000) -> dict[str, Any]:
+               band: float, resamples: int = 1000, sources: list[str] | None = None) -> dict[str, Any]:
     """The ``arms`` table from the gold rewards ``(prompts, samples)`` and each seed's proxy
     rewards (and clean-test accuracy) per arm. ``gain_over_noisy``: the arm's gold reward minus
-    the ``noisy`` arm's at the largest n, with a paired interval (the same prompts resampled)."""
+    the ``noisy`` arm's at the largest n, with a paired interval (the same prompts resampled);
+    ``by_source``: both at the largest n per source of the prompts (``sources``, one a prompt)."""
     n_prompts, n_samples = gold.shape
     ns = sorted({2 ** k for k in range(int(math.log2(n_samples)) + 1)} | {n_samples})
     uniform = np.full_like(gold, 1.0 / n_samples)
@@ -153,7 +194,10 @@ def bon_record(gold: np.ndarray, proxies_by_seed: list[dict[str, tuple[np.ndarra
                       "vs_noisy": {"win": float(versus_noisy[:, 0].mean()), "tie": float(versus_noisy[:, 1].mean()),
                                    "lose": float(versus_noisy[:, 2].mean())},
                       "gain_over_noisy": interval(pick_reward(name, last) - noisy_at_n, resampled),
-                      "proxy_accuracy": accuracy, "curve": curve})
+                      "proxy_accuracy": accuracy, "curve": curve,
+                      "by_source": by_source({"gold_reward": pick_reward(name, last),
+                                              "gain_over_noisy": pick_reward(name, last) - noisy_at_n},
+                                             sources, resamples)})
     return {"arms": table, "seeds": len(proxies_by_seed), "samples": n_samples, "tie_band": band,
             "gold_accuracy": gold_accuracy, "note": "sft is one SFT sample (n = 1); gold is the gold model as its own "
                                                     "proxy, the upper bound"}
@@ -182,6 +226,7 @@ def bon_markdown(record: dict[str, Any]) -> str:
               "|---|" + "---:|" * len(ns)]
     lines += [f"| {arm['name']} | " + " | ".join(f"{p['gold_reward']['mean']:.4f}" for p in arm["curve"]) + " |"
               for arm in curves]
+    lines += source_markdown(record["arms"], ("gold_reward", "gain_over_noisy"))
     return "\n".join(lines) + "\n"
 
 
@@ -198,5 +243,5 @@ def write_bon(record: dict[str, Any], folder: str | os.PathLike) -> list[Path]:
     return written + [folder / "plots" / "bon.png"]
 
 
-__all__ = ["best_of_n", "bon_kl", "bon_markdown", "bon_record", "bon_weights", "compare", "expected_pick", "interval",
+__all__ = ["best_of_n", "bon_kl", "bon_markdown", "bon_record", "bon_weights", "by_source", "compare", "expected_pick", "interval",
            "resample_prompts", "write_bon"]

@@ -118,6 +118,13 @@ class Design:
     def routed(self, heads: dict[str, HeadRewardModel]) -> RoutedHeads:
         return RoutedHeads(heads, self.route, next(iter(self.groups)))
 
+    def heldout_sources(self) -> list[str]:
+        """The source of each held-out prompt (of its first pair)."""
+        source_of: dict[str, str] = {}
+        for prompt, source in zip(self.prompts, self.sources):
+            source_of.setdefault(prompt, str(source))
+        return [source_of[prompt] for prompt in self.heldout]
+
     def train_prompts(self) -> list[str]:
         """The distinct prompts of the training pairs, in order."""
         return list(dict.fromkeys(self.prompts[i] for i in self.train))

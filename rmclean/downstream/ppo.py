@@ -39,7 +39,7 @@ from ..features.views import feature_views
 from ..judge import JudgeConfig, JudgeError, resolve_api_key
 from ..train.ppo import RESUMABLE, train_ppo, write_ppo
 from ..train.rollout import EVAL_SAMPLING
-from .bon import compare, interval, resample_prompts
+from .bon import by_source, compare, interval, resample_prompts, source_markdown
 from .config import DownstreamConfig
 from .design import (
     design_record,
@@ -132,28 +132,34 @@ def policy_stage(pairs, config: DownstreamConfig = DownstreamConfig(), *, out: s
                                          progress)
         say(f"{name}: gold reward {gold[name].mean():.4f} (SFT {gold['sft'].mean():.4f}), KL k1 {runs[name]['kl_k1']:.3f}")
     band = settings.tie * float(gold["sft"].std())
-    record = ppo_record(gold, runs, band, settings.resamples, evaluations)
+    record = ppo_record(gold, runs, band, settings.resamples, evaluations, design.heldout_sources())
     record.update({**design_record(config, design, gold_accuracy, band, "ppo"), "train_prompts": len(train_prompts)})
     return record
 
 
 def ppo_record(gold: dict[str, np.ndarray], runs: dict[str, dict[str, Any]], band: float,
-               resamples: int = 1000, evaluations: dict[str, dict[int, np.ndarray]] | None = None) -> dict[str, Any]:
+               resamples: int = 1000, evaluations: dict[str, dict[int, np.ndarray]] | None = None,
+               sources: list[str] | None = None) -> dict[str, Any]:
     """The ``arms`` table from each arm's final gold rewards ``(prompts, eval samples)`` (``sft``
     among them) and its run's metrics; ``gain_over_sft`` / ``gain_over_noisy``: the gold reward
     difference with a paired interval (the same prompts resampled). ``evaluations``: each run's
     gold rewards by update, for its ``curve`` (gold reward against KL, from SFT at KL 0) and the
     comparison at a matched KL (``matched_kl``: the largest KL every run reached; each curve
-    interpolated linearly there, prompt by prompt)."""
+    interpolated linearly there, prompt by prompt). ``by_source``: the final gold reward and gains
+    per source of the prompts (``sources``, one a prompt)."""
     n_prompts = gold["sft"].shape[0]
     resampled = resample_prompts(n_prompts, resamples, seed=43)
 
-    def versus(name: str, other: str) -> dict[str, float]:
+    def per_prompt_versus(name: str, other: str) -> np.ndarray:
+        """``(prompts, 3)``: win / tie / lose shares of the arm's answers against the other's."""
         mine, theirs = gold[name], gold[other]
         joined = np.hstack([mine, theirs])
         weights = np.hstack([np.full_like(mine, 1 / mine.shape[1]), np.zeros_like(theirs)])
         other_weights = np.hstack([np.zeros_like(mine), np.full_like(theirs, 1 / theirs.shape[1])])
-        win, tie, lose = compare(joined, weights, other_weights, band).mean(axis=0)
+        return compare(joined, weights, other_weights, band)
+
+    def versus(name: str, other: str, index: np.ndarray | slice = slice(None)) -> dict[str, float]:
+        win, tie, lose = per_prompt_versus(name, other)[index].mean(axis=0)
         return {"win": float(win), "tie": float(tie), "lose": float(lose)}
 
     sft = gold["sft"].mean(axis=1)
@@ -165,12 +171,16 @@ def ppo_record(gold: dict[str, np.ndarray], runs: dict[str, dict[str, Any]], ban
     table = []
     for name, rewards in gold.items():
         run = runs.get(name, {})
-        gains = {f"gain_over_{other}": interval(rewards.mean(axis=1) - gold[other].mean(axis=1), resampled)
-                 for other in ("sft", "noisy") if other in gold}
-        row = {"name": name, "gold_reward": interval(rewards.mean(axis=1), resampled), **gains,
+        per_prompt = {"gold_reward": rewards.mean(axis=1),
+                      **{f"gain_over_{other}": rewards.mean(axis=1) - gold[other].mean(axis=1)
+                         for other in ("sft", "noisy") if other in gold}}
+        row = {"name": name, **{key: interval(value, resampled) for key, value in per_prompt.items()},
                "kl": run.get("kl_k1", 0.0), **versus(name, "sft"),
                "vs_noisy": versus(name, "noisy") if "noisy" in gold else None,
                **{key: value for key, value in run.items() if key != "kl_k1"}}
+        row["by_source"] = by_source(per_prompt, sources, resamples)
+        for source, values in row["by_source"].items():
+            values["vs_sft"] = versus(name, "sft", np.flatnonzero(np.asarray(sources, dtype=object) == source))
         if name in curves:
             row["curve"] = [{"update": update, "kl": kl, "gold_reward": interval(values, resampled),
                              "gain_over_sft": interval(values - sft, resampled)}
@@ -258,6 +268,7 @@ def ppo_markdown(record: dict[str, Any]) -> str:
         gain = "" if gain is None else f"{gain['mean']:+.4f} [{gain['low']:+.4f}, {gain['high']:+.4f}]"
         lines.append(f"| {arm['name']} | {accuracy} | {reward['mean']:.4f} [{reward['low']:.4f}, {reward['high']:.4f}] | "
                      f"{gain} | {arm['win']:.2f} / {arm['tie']:.2f} / {arm['lose']:.2f} | {versus_noisy} | {run} |")
+    lines += source_markdown(record["arms"], ("gain_over_sft", "gain_over_noisy", "vs_sft"))
     lines += _curve_markdown(record)
     judged_arms = [arm for arm in record["arms"] if "judge" in arm]
     if judged_arms:
