@@ -299,27 +299,28 @@ def ppo_curves(metrics: list[dict]):
     return figure
 
 
-def gold_against_kl(record: dict, xlabel: str, title: str):
+def gold_against_kl(record: dict, xlabel: str, title: str, value: str = "gold_reward"):
     """Gold reward against KL, one line per arm's ``curve`` with its 95% interval band, and the
-    SFT policy's reward as a horizontal line (the downstream stages: best-of-n over n, PPO over
-    its evaluations)."""
+    SFT policy as a horizontal line (the downstream stages: best-of-n over n, PPO over its
+    evaluations). ``value``: ``gold_reward``, or ``gain_over_sft`` (paired: narrower intervals)."""
     plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for arm in record["arms"]:
         if arm["name"] == "sft":
-            axis.axhline(arm["gold_reward"]["mean"], color="grey", linewidth=1, label="sft")
+            axis.axhline(arm["gold_reward"]["mean"] if value == "gold_reward" else 0.0, color="grey", linewidth=1,
+                         label="sft")
             continue
         if not arm.get("curve"):
             continue
         kl = [point["kl"] for point in arm["curve"]]
-        rewards = [point["gold_reward"] for point in arm["curve"]]
+        rewards = [point[value] for point in arm["curve"]]
         style = {"linestyle": "--"} if arm["name"] in ("gold", "oracle") else {}
         line, = axis.plot(kl, [r["mean"] for r in rewards], marker="o", label=arm["name"], **style)
         axis.fill_between(kl, [r["low"] for r in rewards], [r["high"] for r in rewards], color=line.get_color(),
                           alpha=0.12)
     axis.set_xlabel(xlabel)
-    axis.set_ylabel("gold reward")
+    axis.set_ylabel({"gold_reward": "gold reward", "gain_over_sft": "gold reward − SFT's (paired)"}.get(value, value))
     axis.set_title(title)
     axis.legend(fontsize=7)
     figure.tight_layout()

@@ -314,7 +314,8 @@ def write_policy_stage(record: dict[str, Any], folder: str | os.PathLike) -> lis
     written = write_results(folder / "ppo", record, ppo_markdown(record))
     figures = {"ppo_curves.png": plots.downstream_ppo_curves(record), "ppo_win_tie_lose.png": plots.win_tie_lose(record),
                "ppo_gold_kl.png": plots.gold_against_kl(record, xlabel="KL to the reference, k1 (nats)",
-                                                        title="PPO: each proxy trains, the gold model scores")}
+                                                        title="PPO: each proxy trains, the gold model scores",
+                                                        value="gain_over_sft")}
     for name, figure in figures.items():
         plots.save(figure, folder / "plots" / name)
     return written + [folder / "plots" / name for name in figures]
