@@ -243,5 +243,5 @@ def write_bon(record: dict[str, Any], folder: str | os.PathLike) -> list[Path]:
     return written + [folder / "plots" / "bon.png"]
 
 
-__all__ = ["best_of_n", "bon_kl", "bon_markdown", "bon_record", "bon_weights", "by_source", "compare", "expected_pick", "interval",
-           "resample_prompts", "write_bon"]
+__all__ = ["best_of_n", "bon_kl", "bon_markdown", "bon_record", "bon_weights", "by_source", "compare", "expected_pick",
+           "interval", "resample_prompts", "source_markdown", "write_bon"]
