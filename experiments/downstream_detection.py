@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +35,9 @@ def main() -> None:
     from rmclean.benefit import load_benefit_pairs
     from rmclean.denoise import select
     from rmclean.downstream import make_design, read_downstream_config
+    from rmclean.downstream.design import noisy_training
     from rmclean.features.views import feature_views
     from rmclean.files import write_results
-    from rmclean.noise import plant_flips, swap_where
-    from rmclean.score import view_margins
     from rmclean.strength import aggregate
 
     started = time.perf_counter()
@@ -52,10 +50,7 @@ def main() -> None:
     rate = config.downstream.rate
     rows = []
     for seed in range(config.benefit.seeds):
-        # the planted flips and the ensemble exactly as rmclean.downstream.design.proxy_arms draws them
-        flipped = plant_flips(design.train.size, rate, [seed, 13, int(round(rate * 1000))])
-        noisy = [swap_where(flipped, c, r) for c, r in train_views]
-        margins = view_margins(noisy, design.groups, replace(config.benefit.score, seed=seed).head_config())
+        flipped, _, margins = noisy_training(design, train_views, config, seed)  # as the proxy arms see them
         strength_mean, strength_std = aggregate(margins)
         flagged = select(strength_mean, strength_std, rule)
         for source in sorted(set(sources)):

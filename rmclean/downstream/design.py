@@ -166,6 +166,17 @@ def clean_test_accuracy(model: RoutedHeads, design: Design, test_views) -> float
     return float(preference_metrics(delta)["accuracy"])
 
 
+def noisy_training(design: Design, train_views, config: DownstreamConfig, seed: int):
+    """``(flipped, noisy views, member margins)`` of one seed: the planted flips ``(n_train,)``
+    (``downstream.rate`` of the training labels), the training views with them swapped, and the
+    seed's ensemble's margins on those noisy labels ``(n_train, members)``."""
+    rate = config.downstream.rate
+    flipped = plant_flips(design.train.size, rate, [seed, 13, int(round(rate * 1000))])
+    noisy = [swap_where(flipped, c, r) for c, r in train_views]
+    member_margins = view_margins(noisy, design.groups, replace(config.benefit.score, seed=seed).head_config())
+    return flipped, noisy, member_margins
+
+
 def proxy_arms(design: Design, views, config: DownstreamConfig, seed: int) -> dict[str, tuple[RoutedHeads, float]]:
     """Every proxy arm of one seed, ``{name: (model, clean-test accuracy)}``: ``noisy`` (the
     training labels with planted flips), one per denoiser (scored by the seed's ensemble on the
@@ -174,16 +185,13 @@ def proxy_arms(design: Design, views, config: DownstreamConfig, seed: int) -> di
     reward_config = replace(benefit.reward, seed=seed)
     train_views = [(c[design.train], r[design.train]) for c, r in views]
     test_views = [(c[design.test], r[design.test]) for c, r in views]
-    rate = config.downstream.rate
-    flipped = plant_flips(design.train.size, rate, [seed, 13, int(round(rate * 1000))])
-    noisy = [swap_where(flipped, c, r) for c, r in train_views]
+    _, noisy, member_margins = noisy_training(design, train_views, config, seed)
 
     def arm(arm_views, arm_config: RewardTrainConfig, **labels) -> tuple[RoutedHeads, float]:
         model = train_routed(design, arm_views, arm_config, **labels)
         return model, clean_test_accuracy(model, design, test_views)
 
     arms = {"noisy": arm(noisy, reward_config)}
-    member_margins = view_margins(noisy, design.groups, replace(benefit.score, seed=seed).head_config())
     for name, denoiser in benefit.denoisers.items():
         planned = plan(member_margins, denoiser)
         reads_margin, reads_soft_label = LOSSES[denoiser.loss]
@@ -314,5 +322,5 @@ def design_text(record: dict[str, Any]) -> str:
             f"is on the {record['test_pairs']:,} clean test pairs; tie band {record['tie_band']:.4f} (gold reward)")
 
 
-__all__ = ["Design", "RoutedHeads", "clean_test_accuracy", "design_record", "design_text", "flat_hh", "gold_model", "heldout_split", "make_design", "proxy_arms",
+__all__ = ["Design", "RoutedHeads", "clean_test_accuracy", "design_record", "design_text", "flat_hh", "gold_model", "heldout_split", "make_design", "noisy_training", "proxy_arms",
            "sample_features", "sample_prompts", "train_routed"]

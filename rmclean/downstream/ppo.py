@@ -158,8 +158,8 @@ def ppo_record(gold: dict[str, np.ndarray], runs: dict[str, dict[str, Any]], ban
         other_weights = np.hstack([np.zeros_like(mine), np.full_like(theirs, 1 / theirs.shape[1])])
         return compare(joined, weights, other_weights, band)
 
-    def versus(name: str, other: str, index: np.ndarray | slice = slice(None)) -> dict[str, float]:
-        win, tie, lose = per_prompt_versus(name, other)[index].mean(axis=0)
+    def shares(per_prompt: np.ndarray) -> dict[str, float]:
+        win, tie, lose = per_prompt.mean(axis=0)
         return {"win": float(win), "tie": float(tie), "lose": float(lose)}
 
     sft = gold["sft"].mean(axis=1)
@@ -168,19 +168,21 @@ def ppo_record(gold: dict[str, np.ndarray], runs: dict[str, dict[str, Any]], ban
               for name, points in (evaluations or {}).items()}
     matched_kl = min((max(kl for kl, _ in curve) for curve in curves.values()), default=0.0)
     matched = {name: at_kl(curve, matched_kl) for name, curve in curves.items()} if matched_kl > 0 else {}
+    labels = None if sources is None else np.asarray(sources, dtype=object)
     table = []
     for name, rewards in gold.items():
         run = runs.get(name, {})
+        against_sft = per_prompt_versus(name, "sft")
         per_prompt = {"gold_reward": rewards.mean(axis=1),
                       **{f"gain_over_{other}": rewards.mean(axis=1) - gold[other].mean(axis=1)
                          for other in ("sft", "noisy") if other in gold}}
         row = {"name": name, **{key: interval(value, resampled) for key, value in per_prompt.items()},
-               "kl": run.get("kl_k1", 0.0), **versus(name, "sft"),
-               "vs_noisy": versus(name, "noisy") if "noisy" in gold else None,
+               "kl": run.get("kl_k1", 0.0), **shares(against_sft),
+               "vs_noisy": shares(per_prompt_versus(name, "noisy")) if "noisy" in gold else None,
                **{key: value for key, value in run.items() if key != "kl_k1"}}
         row["by_source"] = by_source(per_prompt, sources, resamples)
         for source, values in row["by_source"].items():
-            values["vs_sft"] = versus(name, "sft", np.flatnonzero(np.asarray(sources, dtype=object) == source))
+            values["vs_sft"] = shares(against_sft[labels == source])
         if name in curves:
             row["curve"] = [{"update": update, "kl": kl, "gold_reward": interval(values, resampled),
                              "gain_over_sft": interval(values - sft, resampled)}
