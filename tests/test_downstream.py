@@ -243,22 +243,27 @@ def test_compare_stage_ppo_trains_each_arm_once_and_judges_it_with_the_gold_mode
     assert "no gold evaluation at update 1" in capsys.readouterr().out
     again = {arm["name"]: arm for arm in json.loads((out / "ppo.json").read_text())["arms"]}
     assert len(trained) == 2 and [point["update"] for point in again["noisy"]["curve"]] == [0, 2, 3]
-    # one more arm: only it trains
+    # two more arms, a denoiser and the gold model itself: only they train
     monkeypatch.undo()
     monkeypatch.setenv("RMCLEAN_CACHE_DIR", str(tmp_path / "feature-cache"))
     monkeypatch.setattr(stage, "train_ppo", lambda prompts, model, *a, **k: trained.append(model.describe()["weights"])
                         or original(prompts, model, *a, **k))
     config = json.loads(path.read_text())
-    config["ppo"]["arms"] = ["noisy", "flip", "oracle"]
+    config["ppo"]["arms"] = ["noisy", "flip", "oracle", "gold"]
     path.write_text(json.dumps(config))
     assert main(["compare", "--stage", "ppo", str(path), "--out", str(out), "--quiet"]) == 0
-    assert len(trained) == 3 and len(list((out / "ppo").iterdir())) == 3
+    assert len(trained) == 4 and len(list((out / "ppo").iterdir())) == 4
+    with_gold = json.loads((out / "ppo.json").read_text())
+    gold_arm = next(arm for arm in with_gold["arms"] if arm["name"] == "gold")
+    assert gold_arm["proxy_accuracy"] == with_gold["gold_accuracy"] and trained[-1] not in trained[:-1]
+    gold_run = json.loads((Path(gold_arm["run"]) / "summary.json").read_text())
+    assert gold_run["reward_model"]["training"]["views"] == ["transcript", "response"]  # the gold's, not the proxies'
     # one more update: each run continues from its checkpoint, and its last answers are now a point on the way
     config["ppo"].update(updates=4, eval_every=3)
     path.write_text(json.dumps(config))
     assert main(["compare", "--stage", "ppo", str(path), "--out", str(out), "--quiet"]) == 0
     longer = {arm["name"]: arm for arm in json.loads((out / "ppo.json").read_text())["arms"]}
-    assert len(trained) == 6 and len(list((out / "ppo").iterdir())) == 3
+    assert len(trained) == 8 and len(list((out / "ppo").iterdir())) == 4
     assert [point["update"] for point in longer["noisy"]["curve"]] == [0, 3, 4]
     assert longer["noisy"]["curve"][1]["gold_reward"] == arms["noisy"]["gold_reward"]
 

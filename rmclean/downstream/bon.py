@@ -135,8 +135,9 @@ def best_of_n(pairs, config: DownstreamConfig = DownstreamConfig(), *, out: str 
                              generation_batch=bon.generation_batch, cache_dir=cache_dir, progress=progress,
                              temperature=bon.temperature)
     flat_prompts, flat_samples = flat_hh(design.heldout, samples)
-    gold_score, gold_accuracy = gold_model(design, config, cache_dir=cache_dir, progress=progress)
-    gold = np.asarray(gold_score(flat_prompts, flat_samples), dtype=np.float64).reshape(len(design.heldout), -1)
+    gold_rm = gold_model(design, config, cache_dir=cache_dir, progress=progress)
+    gold_accuracy = gold_rm.accuracy
+    gold = np.asarray(gold_rm.score(flat_prompts, flat_samples), dtype=np.float64).reshape(len(design.heldout), -1)
     band = settings.tie * float(gold.std())
     say(f"gold: accuracy {gold_accuracy:.3f} on the clean test pairs; tie band {band:.4f} ({settings.tie:g} gold std)")
 

@@ -82,7 +82,8 @@ class PPOStageConfig:
     every ``eval_every`` updates on the way."""
 
     arms: tuple[str, ...] | None = field(default=None, metadata={
-        "help": "proxy arms to train a policy against (default: noisy, each denoiser, oracle)"})
+        "help": "proxy arms to train a policy against (default: noisy, each denoiser, oracle); 'gold' adds a "
+                "policy trained against the gold model itself, the most this PPO budget can gain"})
     eval_samples: int = field(default=2, metadata={
         "help": "samples per held-out prompt from each policy at each evaluation (the paper's settings: T 0.8, "
                 "top-p 0.9, repetition penalty 1.1)"})
@@ -129,8 +130,8 @@ class DownstreamConfig:
             if self.gold.features == self.benefit.score.features:
                 raise ValueError("the gold model reads the proxies' features: give it stronger ones (gold.views), "
                                  "or it is only the oracle again")
-        if unknown := sorted(set(self.ppo.arms or ()) - set(self.arms)):
-            raise ValueError(f"ppo.arms {unknown} are not arms of this experiment: {', '.join(self.arms)}")
+        if unknown := sorted(set(self.ppo.arms or ()) - {*self.arms, "gold"}):
+            raise ValueError(f"ppo.arms {unknown} are not arms of this experiment: {', '.join(self.arms)}, gold")
 
     @property
     def arms(self) -> tuple[str, ...]:

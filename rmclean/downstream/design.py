@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -202,9 +203,20 @@ def proxy_arms(design: Design, views, config: DownstreamConfig, seed: int) -> di
     return arms
 
 
-def gold_model(design: Design, config: DownstreamConfig, *, cache_dir=None, progress: bool = True):
-    """``(gold scorer f(prompts, responses) -> rewards, clean-test accuracy)``: heads trained on
-    the clean training labels with ``config.gold``'s features, or the named reward model."""
+@dataclass
+class Gold:
+    """The gold reward model: ``model`` (anything with ``reward(prompts, responses)``),
+    ``score(prompts, responses) -> (n,)`` rewards as the stages read them, and ``accuracy`` on
+    the clean test pairs."""
+
+    model: Any
+    score: Callable[[list[str], list[str]], np.ndarray]
+    accuracy: float
+
+
+def gold_model(design: Design, config: DownstreamConfig, *, cache_dir=None, progress: bool = True) -> Gold:
+    """The gold model: heads trained on the clean training labels with ``config.gold``'s
+    features, or the named reward model."""
     if isinstance(config.gold, RewardTrainConfig):
         views = feature_views(design.valid, config.gold.features, cache_dir=cache_dir, progress=progress)
         model = train_routed(design, [(c[design.train], r[design.train]) for c, r in views], config.gold)
@@ -213,13 +225,14 @@ def gold_model(design: Design, config: DownstreamConfig, *, cache_dir=None, prog
         def score(prompts, responses):  # samples stay in the feature cache: a rerun reads them
             return model.reward(prompts, responses, cache_dir=cache_dir, progress=progress, store=True)
 
-        return score, accuracy
-    score = as_scorer(load_reward_model(config.gold), cache_dir=cache_dir)
+        return Gold(model, score, accuracy)
+    model = load_reward_model(config.gold)
+    score = as_scorer(model, cache_dir=cache_dir)
     test = design.valid.select(design.test)
     prompts = [design.prompts[i] for i in design.test]
     delta = (np.asarray(score(prompts, list(test["chosen"])), dtype=np.float64)
              - np.asarray(score(prompts, list(test["rejected"])), dtype=np.float64))
-    return score, float(preference_metrics(delta)["accuracy"])
+    return Gold(model, score, float(preference_metrics(delta)["accuracy"]))
 
 
 def flat_hh(prompts: list[str], samples: list[list[str]]) -> tuple[list[str], list[str]]:
@@ -322,5 +335,5 @@ def design_text(record: dict[str, Any]) -> str:
             f"is on the {record['test_pairs']:,} clean test pairs; tie band {record['tie_band']:.4f} (gold reward)")
 
 
-__all__ = ["Design", "RoutedHeads", "clean_test_accuracy", "design_record", "design_text", "flat_hh", "gold_model", "heldout_split", "make_design", "noisy_training", "proxy_arms",
+__all__ = ["Design", "Gold", "RoutedHeads", "clean_test_accuracy", "design_record", "design_text", "flat_hh", "gold_model", "heldout_split", "make_design", "noisy_training", "proxy_arms",
            "sample_features", "sample_prompts", "train_routed"]

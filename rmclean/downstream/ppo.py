@@ -11,7 +11,9 @@ standard deviations of the SFT answers is a tie). KL to the reference, perplexit
 length, EOS and repetition rates are the last 10 updates' means of each run's ``metrics.jsonl``.
 Every ``eval_every`` updates on the way, each policy answers the same prompts (sampled inside
 the training loop) for its curve of gold reward against KL, and the arms are compared at a
-matched KL (the largest every run reached), as Gao et al. 2022 compare reward models.
+matched KL (the largest every run reached), as Gao et al. 2022 compare reward models. An arm
+named ``gold`` (opt-in: ``ppo.arms``) trains against the gold model itself: the most gold reward
+the PPO budget can climb, what the proxies' policies are measured against.
 
 Each arm's run lives in ``out/ppo/<arm>-<digest>/``, named by everything it depends on (the
 proxy's weights, the PPO settings, the prompts), its answers after update ``u`` in
@@ -37,7 +39,7 @@ from ..check import judge_answers
 from ..configs import to_record
 from ..features.views import feature_views
 from ..judge import JudgeConfig, JudgeError, resolve_api_key
-from ..train.ppo import RESUMABLE, train_ppo, write_ppo
+from ..train.ppo import RESUMABLE, describe_reward_model, train_ppo, write_ppo
 from ..train.rollout import EVAL_SAMPLING
 from .bon import by_source, compare, interval, resample_prompts, source_markdown
 from .config import DownstreamConfig
@@ -76,9 +78,9 @@ def policy_stage(pairs, config: DownstreamConfig = DownstreamConfig(), *, out: s
     train_prompts = design.train_prompts()
     say(f"{len(design.valid):,} valid pairs: {design.train.size:,} train the reward models ({len(train_prompts):,} "
         f"distinct prompts for PPO), {len(design.heldout)} held-out prompts for the gold model")
-    gold_score, gold_accuracy = gold_model(design, config, cache_dir=cache_dir, progress=progress)
+    gold_rm = gold_model(design, config, cache_dir=cache_dir, progress=progress)
     views = feature_views(design.valid, config.benefit.score.features, cache_dir=cache_dir, progress=progress)
-    arms = proxy_arms(design, views, config, ppo_config.seed)
+    arms = {**proxy_arms(design, views, config, ppo_config.seed), "gold": (gold_rm.model, gold_rm.accuracy)}
     names = list(stage.arms or config.arms)
 
     def answers(policy: str, path: Path, **reading: Any) -> list[list[str]] | None:
@@ -93,7 +95,7 @@ def policy_stage(pairs, config: DownstreamConfig = DownstreamConfig(), *, out: s
                        **reading)
 
     def gold_of(samples: list[list[str]]) -> np.ndarray:
-        return np.asarray(gold_score(*flat_hh(design.heldout, samples)), dtype=np.float64).reshape(
+        return np.asarray(gold_rm.score(*flat_hh(design.heldout, samples)), dtype=np.float64).reshape(
             len(design.heldout), -1)
 
     sft_answers = answers(ppo_config.policy, out / "sft" / "eval.jsonl")
@@ -104,7 +106,7 @@ def policy_stage(pairs, config: DownstreamConfig = DownstreamConfig(), *, out: s
     for name in names:
         model, accuracy = arms[name]
         settings_record = {k: v for k, v in to_record(ppo_config).items() if k not in RESUMABLE}  # more updates resume
-        run = out / "ppo" / f"{_slug(name)}-{_digest(model.describe(), settings_record, train_prompts)}"
+        run = out / "ppo" / f"{_slug(name)}-{_digest(describe_reward_model(model), settings_record, train_prompts)}"
 
         def evaluate(update: int, tokenizer, policy, run: Path = run) -> None:  # the policy on the way
             if update in on_the_way:
@@ -133,7 +135,7 @@ def policy_stage(pairs, config: DownstreamConfig = DownstreamConfig(), *, out: s
         say(f"{name}: gold reward {gold[name].mean():.4f} (SFT {gold['sft'].mean():.4f}), KL k1 {runs[name]['kl_k1']:.3f}")
     band = settings.tie * float(gold["sft"].std())
     record = ppo_record(gold, runs, band, settings.resamples, evaluations, design.heldout_sources())
-    record.update({**design_record(config, design, gold_accuracy, band, "ppo"), "train_prompts": len(train_prompts)})
+    record.update({**design_record(config, design, gold_rm.accuracy, band, "ppo"), "train_prompts": len(train_prompts)})
     return record
 
 
