@@ -212,6 +212,8 @@ def test_compare_stage_ppo_trains_each_arm_once_and_judges_it_with_the_gold_mode
     # (k1, the reported kl, is unbiased but may be negative over a few episodes)
     assert arms["oracle"]["kl_k3"] > 0 and len(arms["oracle"]["curves"]["kl_k1"]) == 3
     assert 0 <= arms["oracle"]["proxy_accuracy"] <= 1 and arms["oracle"]["perplexity"] > 1
+    oracle_updates = [json.loads(line) for line in (Path(arms["oracle"]["run"]) / "metrics.jsonl").read_text().splitlines()]
+    assert arms["oracle"]["update_seconds"] == pytest.approx(np.median([row["seconds"] for row in oracle_updates]))
     runs = sorted(p.name for p in (out / "ppo").iterdir())
     answers = {(run, update): (out / "ppo" / run / f"eval-000{update}.jsonl").read_text().splitlines()[1:]
                for run in runs for update in (2, 3)}

@@ -249,6 +249,7 @@ def _run_metrics(run: Path) -> dict[str, Any]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     last = rows[-LAST_UPDATES:]
     return {**{key: float(np.mean([row[key] for row in last])) for key in RUN_METRICS},
+            "update_seconds": float(np.median([row["seconds"] for row in rows])),  # evaluations on the way excluded
             "curves": {key: [row[key] for row in rows] for key in ("update", *CURVES)}}
 
 
