@@ -12,7 +12,8 @@ import torch
 
 from rmclean.train.ppo import PPOConfig, batch_indices, split_prompts, train_ppo, write_ppo
 from rmclean.train.ppo_math import RunningMoments, gae, kl_estimates, ppo_losses, whiten
-from rmclean.train.rollout import load_policy, render_prompts, repetition_rate, sample, token_logprobs
+from rmclean.train.rollout import (load_policy, output_logits, render_prompts, repetition_rate, sample,
+                                   token_logprobs)
 
 PROMPTS = [f"\n\nHuman: question number {i}?\n\nAssistant:" for i in range(40)]
 FAST = PPOConfig(updates=20, batch_size=8, max_new_tokens=16, policy_lr=1e-2, critic_lr=1e-2, critic_warmup=1,
@@ -54,6 +55,17 @@ def test_ppo_raises_a_programmatic_reward_and_writes_its_files(tiny_policy, tmp_
     assert sorted({row["update"] for row in samples}) == [0, 10, 20] and len(samples) == 12  # 4 held-out prompts
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["chat_template"] and summary["heldout_prompts"] == 4 and summary["updates"] == 20
+
+
+def test_bf16_mixed_precision_runs_on_a_cpu_and_still_optimises(tiny_policy, tmp_path):
+    """--mixed-precision bf16 on a CPU: accelerate's autocast, weights kept in float32."""
+    config = PPOConfig(**{**FAST.__dict__, "mixed_precision": "bf16"})
+    result = train_ppo(PROMPTS, digits, config, out=tmp_path, policy=load_policy(tiny_policy), progress=False)
+    rewards = [row["reward_mean"] for row in result.metrics]
+    assert np.mean(rewards[-5:]) > np.mean(rewards[:5]) + 1.5
+    assert result.metrics[0]["kl_k1"] == pytest.approx(0, abs=1e-6)  # policy and reference: the same bf16 passes
+    assert all(parameter.dtype == torch.float32 for parameter in result.policy.parameters())
+    assert result.summary["config"]["mixed_precision"] == "bf16"
 
 
 def test_same_seed_same_metrics_and_a_killed_run_resumes_to_the_same_numbers(tiny_policy, tmp_path):
@@ -105,6 +117,17 @@ def test_rollouts_mask_after_the_first_eos_and_logprobs_use_the_sampling_tempera
         cold, hot = token_logprobs(model, rollout, 0.7), token_logprobs(model, rollout, 1.0)
     assert cold.shape == responses.shape and not torch.allclose(cold, hot)
     assert repetition_rate([1, 2, 3, 1, 2, 3]) == pytest.approx(0.25) and repetition_rate([1, 2]) == 0.0
+
+
+def test_the_output_layer_keeps_its_weights_precision_under_bf16_autocast():
+    head = torch.nn.Linear(16, 500)
+    hidden = torch.randn(3, 16) * 10
+    exact, from_bf16_states = head(hidden), head(hidden.bfloat16().float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert head(hidden).dtype == torch.bfloat16  # what autocast alone would give
+        assert output_logits(head, hidden).dtype == torch.float32
+        assert torch.allclose(output_logits(head, hidden), exact, atol=1e-5)
+        assert torch.allclose(output_logits(head, hidden.bfloat16()), from_bf16_states, atol=1e-5)
 
 
 def test_the_sampling_loop_decodes_as_generate_does():
