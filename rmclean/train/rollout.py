@@ -271,5 +271,5 @@ def response_texts(tokenizer, rollout: Rollout) -> list[str]:
     return tokenizer.batch_decode(tokens, skip_special_tokens=True)
 
 
-__all__ = ["CRITICS", "EVAL_SAMPLING", "PolicyPass", "Rollout", "ValueModel", "frozen_copy", "load_policy", "policy_pass", "positions", "prepare_policy",
+__all__ = ["CRITICS", "EVAL_SAMPLING", "PolicyPass", "Rollout", "ValueModel", "frozen_copy", "load_policy", "output_logits", "policy_pass", "positions", "prepare_policy",
            "render_prompts", "repetition_rate", "response_texts", "sample", "token_logprobs"]
